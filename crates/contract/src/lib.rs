@@ -1,1 +1,183 @@
-//! TODO
+//! Contracts: how Wharf talks to the server inside a function image, one adapter per dialect
+//! (`../shared/CONTRACTS.md`).
+//!
+//! A contract knows the wire: the port and start deadline, the environment it promises the
+//! image, the lifecycle hooks, how an event becomes an HTTP request with the vendor's headers, and
+//! how a response is recognised as a success or a function error. It knows nothing about scaling
+//! or storage; the pool drives it through the [`Contract`] trait, whose methods are called at the
+//! points of an instance's life that each method documents.
+//!
+//! Adapters build plain `http::Request`s; the pool owns the connections. That keeps every adapter
+//! a pure function of its inputs, unit-testable without a network.
+
+mod fc;
+
+pub use fc::Fc;
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::Full;
+use serde::{Deserialize, Serialize};
+
+/// The request type adapters produce: a complete body, ready to send.
+pub type ContractRequest = Request<Full<Bytes>>;
+
+/// The dialects Wharf speaks. Only `fc` is implemented so far; the names of the others are
+/// recognised so that the error says they are not supported yet rather than that they are unknown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContractKind {
+    Fc,
+}
+
+impl ContractKind {
+    pub const SUPPORTED: &'static [&'static str] = &["fc"];
+    const PLANNED: &'static [&'static str] = &["functiongraph", "scf", "lambda", "http"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContractKind::Fc => "fc",
+        }
+    }
+}
+
+impl fmt::Display for ContractKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseContractError {
+    #[error("contract `{0}` is not supported yet; supported: {supported}", supported = ContractKind::SUPPORTED.join(", "))]
+    NotYetSupported(String),
+    #[error("unknown contract `{0}`; supported: {supported}", supported = ContractKind::SUPPORTED.join(", "))]
+    Unknown(String),
+}
+
+impl FromStr for ContractKind {
+    type Err = ParseContractError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "fc" => Ok(ContractKind::Fc),
+            other if ContractKind::PLANNED.contains(&other) => {
+                Err(ParseContractError::NotYetSupported(other.to_string()))
+            }
+            other => Err(ParseContractError::Unknown(other.to_string())),
+        }
+    }
+}
+
+/// The adapter for a contract.
+pub fn adapter(kind: ContractKind) -> Arc<dyn Contract> {
+    match kind {
+        ContractKind::Fc => Arc::new(Fc),
+    }
+}
+
+/// What an adapter needs to know about the function it talks for. Built by the pool once per
+/// function revision.
+#[derive(Clone, Debug)]
+pub struct FunctionContext {
+    pub name: String,
+    pub memory_mb: u32,
+    pub timeout: Duration,
+    /// The initialize hook's timeout, when the function has an initializer.
+    pub initializer_timeout: Option<Duration>,
+    /// The port the function's server listens on inside its instance.
+    pub port: u16,
+    /// Alias or `LATEST`.
+    pub qualifier: String,
+    /// Published version, or `LATEST`.
+    pub version: String,
+    pub region: String,
+    pub account_id: String,
+}
+
+/// How the function answered an invocation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// The function reported a failure (for `fc`: status 404 or `x-fc-status: 404`).
+    FunctionError {
+        reason: String,
+    },
+}
+
+/// How an initialize (or other lifecycle) hook ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HookOutcome {
+    Success,
+    /// Failed; the hook is tried again before the next invocation on this instance.
+    Failed {
+        status: StatusCode,
+    },
+    /// The instance asked to be restarted (500 from an `fc` hook).
+    Restart,
+}
+
+/// One dialect. Lifecycle of the calls:
+///
+/// - once per function revision: [`default_port`](Contract::default_port),
+///   [`start_deadline`](Contract::start_deadline), [`default_user`](Contract::default_user);
+/// - once per instance, before it starts: [`environment`](Contract::environment);
+/// - once per instance, after its server listens, until it succeeds:
+///   [`initialize_request`](Contract::initialize_request) then
+///   [`classify_hook`](Contract::classify_hook);
+/// - per invocation: [`invoke_request`](Contract::invoke_request) then
+///   [`classify`](Contract::classify) and
+///   [`response_header_allowed`](Contract::response_header_allowed) for each header;
+/// - when an instance never listens: [`not_started_message`](Contract::not_started_message).
+///
+/// No method blocks or does I/O.
+pub trait Contract: Send + Sync + 'static {
+    fn kind(&self) -> ContractKind;
+    /// The port the server listens on when the function does not say.
+    fn default_port(&self) -> u16;
+    /// How long an instance may take to listen before the invocation fails.
+    fn start_deadline(&self) -> Duration;
+    /// The uid/gid instances run as when the function does not say; `None`: the image's `USER`.
+    fn default_user(&self) -> Option<(u32, u32)>;
+    /// Variables the contract promises the image, applied over the image's own environment
+    /// and under the function's.
+    fn environment(&self, f: &FunctionContext) -> Vec<(String, String)>;
+    /// The initialize hook's request, if the function has an initializer.
+    fn initialize_request(&self, f: &FunctionContext, request_id: &str) -> Option<ContractRequest>;
+    fn classify_hook(&self, status: StatusCode) -> HookOutcome;
+    /// The request that carries an event to the function.
+    fn invoke_request(
+        &self,
+        f: &FunctionContext,
+        request_id: &str,
+        event: Bytes,
+    ) -> ContractRequest;
+    /// Success or function error, from the response head.
+    fn classify(&self, status: StatusCode, headers: &HeaderMap) -> Outcome;
+    /// Whether a response header of the function may be passed on to the caller.
+    fn response_header_allowed(&self, name: &http::HeaderName) -> bool;
+    /// The text of the error when nothing listened on `port` within `deadline`; `output` is the
+    /// last thing the instance printed.
+    fn not_started_message(&self, port: u16, deadline: Duration, output: &str) -> String;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contract_names_parse_with_helpful_errors() {
+        assert_eq!("fc".parse::<ContractKind>(), Ok(ContractKind::Fc));
+        let e = "scf".parse::<ContractKind>().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "contract `scf` is not supported yet; supported: fc"
+        );
+        let e = "soap".parse::<ContractKind>().unwrap_err();
+        assert_eq!(e.to_string(), "unknown contract `soap`; supported: fc");
+    }
+}

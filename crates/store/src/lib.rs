@@ -1,1 +1,72 @@
-//! TODO
+//! Wharf's state: functions (and later versions, aliases, invocation records, the async queue)
+//! and function logs.
+//!
+//! Why it looks like this:
+//! - State sits behind the [`FunctionStore`] trait so that the embedded backend (one redb file in
+//!   the data directory, the default) and a cluster backend (etcd, later) are interchangeable.
+//!   Nothing here is a process-wide singleton: two stores can live in one process.
+//! - Records are stored as JSON values under their key. New fields get serde defaults, so a newer
+//!   Wharf reads what an older one wrote; the database carries a format version from day one so
+//!   that an *older* Wharf refuses a newer file instead of misreading it.
+//! - Logs are append-only files ([`LogStore`]), not rows in the key-value store: they are written
+//!   line by line from every instance and read back as a tail.
+
+mod embedded;
+mod function;
+mod logs;
+
+pub use embedded::EmbeddedStore;
+pub use function::{FunctionRecord, Initializer, RegistryCredentials};
+pub use logs::{LogEntry, LogStore, LogStream, unix_ms};
+
+use std::path::PathBuf;
+
+/// Errors of the state store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the state database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error(
+        "the state database {path} has format version {found}, this Wharf understands up to \
+         {supported}: upgrade Wharf, or point --data-dir elsewhere"
+    )]
+    NewerFormat {
+        path: PathBuf,
+        found: u64,
+        supported: u64,
+    },
+    #[error("state database {operation} failed: {source}")]
+    Database {
+        operation: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("stored record {key} is unreadable: {source}")]
+    Corrupt {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("log file {path}: {source}")]
+    Log {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Functions, keyed by name. Implementations are cheap to call from async code (each call is one
+/// short transaction) and safe to share between threads.
+pub trait FunctionStore: Send + Sync + 'static {
+    /// Creates or replaces the function `record.name`.
+    fn put_function(&self, record: &FunctionRecord) -> Result<(), StoreError>;
+    fn get_function(&self, name: &str) -> Result<Option<FunctionRecord>, StoreError>;
+    /// All functions, ordered by name.
+    fn list_functions(&self) -> Result<Vec<FunctionRecord>, StoreError>;
+    /// Removes the function; `false` if there was none.
+    fn delete_function(&self, name: &str) -> Result<bool, StoreError>;
+}

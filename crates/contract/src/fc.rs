@@ -1,0 +1,281 @@
+//! Alibaba Function Compute custom container (`fc`), CONTRACTS.md §1.
+//!
+//! Event functions get `POST /invoke` with the event as an octet-stream body; the initialize hook
+//! is `POST /initialize`. Success is status 200, failure 404, and `x-fc-status` (when present)
+//! overrides the status line — a server that cannot change its status code can still report an
+//! error.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HOST};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode};
+use http_body_util::Full;
+
+use crate::{Contract, ContractKind, ContractRequest, FunctionContext, HookOutcome, Outcome};
+
+/// The default `CAPort`.
+pub const DEFAULT_PORT: u16 = 9000;
+/// FC gives a server 120 s to listen.
+pub const START_DEADLINE: Duration = Duration::from_secs(120);
+
+/// The `fc` adapter.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Fc;
+
+const X_FC_STATUS: &str = "x-fc-status";
+
+/// Response headers FC does not let a function set (CONTRACTS.md §1), besides `x-fc-*`.
+const RESERVED_RESPONSE_HEADERS: &[&str] = &[
+    "connection",
+    "content-length",
+    "date",
+    "keep-alive",
+    "server",
+    "transfer-encoding",
+];
+
+fn header(v: impl ToString) -> HeaderValue {
+    // Every value we put here is built from validated names and numbers.
+    HeaderValue::from_str(&v.to_string()).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+impl Fc {
+    fn request(
+        &self,
+        f: &FunctionContext,
+        request_id: &str,
+        path: &'static str,
+        body: Bytes,
+    ) -> ContractRequest {
+        let mut req = Request::new(Full::new(body));
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = http::Uri::from_static(path);
+        let h = req.headers_mut();
+        h.insert(HOST, header(format_args!("127.0.0.1:{}", f.port)));
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        let pairs: [(&'static str, HeaderValue); 12] = [
+            ("x-fc-request-id", header(request_id)),
+            ("x-fc-function-name", header(&f.name)),
+            ("x-fc-function-memory", header(f.memory_mb)),
+            ("x-fc-function-timeout", header(f.timeout.as_secs())),
+            ("x-fc-region", header(&f.region)),
+            ("x-fc-account-id", header(&f.account_id)),
+            ("x-fc-qualifier", header(&f.qualifier)),
+            ("x-fc-version-id", header(&f.version)),
+            // FC 2.0 groups functions in services; Wharf has none, the function is its own.
+            ("x-fc-service-name", header(&f.name)),
+            ("x-fc-retry-count", HeaderValue::from_static("0")),
+            ("x-fc-control-path", HeaderValue::from_static(path)),
+            (
+                "x-fc-function-initializer",
+                HeaderValue::from_static(if f.initializer_timeout.is_some() {
+                    "initialize"
+                } else {
+                    ""
+                }),
+            ),
+        ];
+        for (name, value) in pairs {
+            h.insert(HeaderName::from_static(name), value);
+        }
+        if let Some(t) = f.initializer_timeout {
+            h.insert(
+                HeaderName::from_static("x-fc-initialization-timeout"),
+                header(t.as_secs()),
+            );
+        }
+        req
+    }
+}
+
+impl Contract for Fc {
+    fn kind(&self) -> ContractKind {
+        ContractKind::Fc
+    }
+
+    fn default_port(&self) -> u16 {
+        DEFAULT_PORT
+    }
+
+    fn start_deadline(&self) -> Duration {
+        START_DEADLINE
+    }
+
+    fn default_user(&self) -> Option<(u32, u32)> {
+        // FC runs as root unless the image sets USER.
+        None
+    }
+
+    fn environment(&self, f: &FunctionContext) -> Vec<(String, String)> {
+        vec![
+            ("FC_FUNCTION_NAME".into(), f.name.clone()),
+            ("FC_FUNCTION_MEMORY_SIZE".into(), f.memory_mb.to_string()),
+            ("FC_SERVER_PORT".into(), f.port.to_string()),
+            ("FC_CUSTOM_LISTEN_PORT".into(), f.port.to_string()),
+            ("FC_REGION".into(), f.region.clone()),
+            ("FC_ACCOUNT_ID".into(), f.account_id.clone()),
+            ("FC_QUALIFIER".into(), f.qualifier.clone()),
+            ("FC_VERSION_ID".into(), f.version.clone()),
+        ]
+    }
+
+    fn initialize_request(&self, f: &FunctionContext, request_id: &str) -> Option<ContractRequest> {
+        f.initializer_timeout?;
+        Some(self.request(f, request_id, "/initialize", Bytes::new()))
+    }
+
+    fn classify_hook(&self, status: StatusCode) -> HookOutcome {
+        match status {
+            s if s.is_success() => HookOutcome::Success,
+            StatusCode::INTERNAL_SERVER_ERROR => HookOutcome::Restart,
+            status => HookOutcome::Failed { status },
+        }
+    }
+
+    fn invoke_request(
+        &self,
+        f: &FunctionContext,
+        request_id: &str,
+        event: Bytes,
+    ) -> ContractRequest {
+        self.request(f, request_id, "/invoke", event)
+    }
+
+    fn classify(&self, status: StatusCode, headers: &HeaderMap) -> Outcome {
+        let fc_status = headers.get(X_FC_STATUS).and_then(|v| v.to_str().ok());
+        match fc_status {
+            Some(s) if s.trim() == "200" => Outcome::Success,
+            Some(s) => Outcome::FunctionError {
+                reason: format!("the function answered with x-fc-status: {}", s.trim()),
+            },
+            None if status == StatusCode::NOT_FOUND => Outcome::FunctionError {
+                reason: "the function answered with status 404".into(),
+            },
+            // FC documents 200 and 404 only; a 5xx from the server is a failure to any user, so
+            // it is reported as a function error rather than passed off as a success.
+            None if status.is_server_error() => Outcome::FunctionError {
+                reason: format!("the function answered with status {}", status.as_u16()),
+            },
+            None => Outcome::Success,
+        }
+    }
+
+    fn response_header_allowed(&self, name: &HeaderName) -> bool {
+        let n = name.as_str();
+        !n.starts_with("x-fc-") && !RESERVED_RESPONSE_HEADERS.contains(&n)
+    }
+
+    fn not_started_message(&self, port: u16, deadline: Duration, output: &str) -> String {
+        let logs = if output.trim().is_empty() {
+            "(the instance printed nothing)".to_string()
+        } else {
+            output.trim_end().to_string()
+        };
+        format!(
+            "the function's HTTP server did not start: nothing listened on port {port} within \
+             {}s. Make the server listen on 0.0.0.0:{port} (the function's port), or set the \
+             function's port to the one it listens on. Logs: {logs}",
+            deadline.as_secs_f64()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(initializer: Option<u64>) -> FunctionContext {
+        FunctionContext {
+            name: "hello".into(),
+            memory_mb: 256,
+            timeout: Duration::from_secs(30),
+            initializer_timeout: initializer.map(Duration::from_secs),
+            port: 9000,
+            qualifier: "LATEST".into(),
+            version: "LATEST".into(),
+            region: "local".into(),
+            account_id: "wharf".into(),
+        }
+    }
+
+    #[test]
+    fn invoke_request_carries_the_fc_headers() {
+        let req = Fc.invoke_request(&ctx(Some(5)), "req-1", Bytes::from_static(b"{}"));
+        assert_eq!(req.method(), Method::POST);
+        assert_eq!(req.uri(), "/invoke");
+        let h = req.headers();
+        let get = |n: &str| h.get(n).map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(get("x-fc-request-id").as_deref(), Some("req-1"));
+        assert_eq!(get("x-fc-function-name").as_deref(), Some("hello"));
+        assert_eq!(get("x-fc-function-memory").as_deref(), Some("256"));
+        assert_eq!(get("x-fc-function-timeout").as_deref(), Some("30"));
+        assert_eq!(get("x-fc-control-path").as_deref(), Some("/invoke"));
+        assert_eq!(get("x-fc-initialization-timeout").as_deref(), Some("5"));
+        assert_eq!(
+            get("x-fc-function-initializer").as_deref(),
+            Some("initialize")
+        );
+        assert_eq!(get("x-fc-qualifier").as_deref(), Some("LATEST"));
+        assert_eq!(
+            get("content-type").as_deref(),
+            Some("application/octet-stream")
+        );
+        assert_eq!(get("host").as_deref(), Some("127.0.0.1:9000"));
+    }
+
+    #[test]
+    fn initialize_only_when_configured() {
+        assert!(Fc.initialize_request(&ctx(None), "r").is_none());
+        let req = Fc.initialize_request(&ctx(Some(3)), "r").unwrap();
+        assert_eq!(req.uri(), "/initialize");
+        assert_eq!(
+            req.headers()["x-fc-control-path"].to_str().unwrap(),
+            "/initialize"
+        );
+    }
+
+    #[test]
+    fn status_and_x_fc_status_decide_the_outcome() {
+        let mut h = HeaderMap::new();
+        assert_eq!(Fc.classify(StatusCode::OK, &h), Outcome::Success);
+        assert!(matches!(
+            Fc.classify(StatusCode::NOT_FOUND, &h),
+            Outcome::FunctionError { .. }
+        ));
+        h.insert(X_FC_STATUS, HeaderValue::from_static("404"));
+        assert!(matches!(
+            Fc.classify(StatusCode::OK, &h),
+            Outcome::FunctionError { .. }
+        ));
+        h.insert(X_FC_STATUS, HeaderValue::from_static("200"));
+        assert_eq!(Fc.classify(StatusCode::NOT_FOUND, &h), Outcome::Success);
+    }
+
+    #[test]
+    fn hooks_and_headers() {
+        assert_eq!(Fc.classify_hook(StatusCode::OK), HookOutcome::Success);
+        assert_eq!(
+            Fc.classify_hook(StatusCode::INTERNAL_SERVER_ERROR),
+            HookOutcome::Restart
+        );
+        assert!(matches!(
+            Fc.classify_hook(StatusCode::NOT_FOUND),
+            HookOutcome::Failed { .. }
+        ));
+        assert!(!Fc.response_header_allowed(&HeaderName::from_static("x-fc-request-id")));
+        assert!(!Fc.response_header_allowed(&HeaderName::from_static("content-length")));
+        assert!(Fc.response_header_allowed(&HeaderName::from_static("content-type")));
+    }
+
+    #[test]
+    fn not_started_names_the_port_and_the_output() {
+        let m = Fc.not_started_message(9000, START_DEADLINE, "listening on 127.0.0.1\n");
+        assert!(m.contains("port 9000"), "{m}");
+        assert!(m.contains("listening on 127.0.0.1"), "{m}");
+        assert!(m.contains("120s"), "{m}");
+    }
+}

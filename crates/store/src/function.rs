@@ -1,0 +1,66 @@
+//! The stored form of a function.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A deployed function as stored. Validation happens in the API before a record is built; the
+/// store keeps what it is given.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionRecord {
+    pub name: String,
+    /// The image reference as the user gave it (tag or digest).
+    pub image: String,
+    /// The reference pinned by digest at deploy (`registry/repo@sha256:…`); instances run this.
+    pub image_pinned: String,
+    /// The digest the reference resolved to at deploy.
+    pub image_digest: String,
+    /// Contract (dialect) name, e.g. `fc`.
+    pub contract: String,
+    pub port: u16,
+    pub memory_mb: u32,
+    pub timeout_s: u32,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initializer: Option<Initializer>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_auth: Option<RegistryCredentials>,
+    /// Incremented on every update; instances of an older revision drain and stop.
+    pub revision: u64,
+    /// Unix milliseconds.
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+}
+
+/// The contract's initialize hook, called once per instance before its first invocation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Initializer {
+    pub timeout_s: u32,
+}
+
+/// Credentials for the function's image registry.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryCredentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryCredentials")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
