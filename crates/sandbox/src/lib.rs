@@ -1,11 +1,65 @@
-//! API SKETCH — to be replaced by the real implementation (see the helper's task).
+//! The sandbox piece of Wharf: unpacked image layers + an [`InstanceSpec`] → a running,
+//! isolated [`Instance`], and everything needed to take it down again without leaving a trace.
 //!
-//! The sandbox piece: unpacked layers + a spec → a running, isolated instance.
-#![allow(unused_variables, clippy::unimplemented)]
+//! # Why it looks like this
+//!
+//! * **An external OCI runtime, driven the way containerd drives it.** We write `config.json`
+//!   (with `oci-spec` types) and call `create`, `start`, `delete`. crun starts a container about
+//!   3x faster than runc, so it is preferred; runc is the fallback (`runtime`). crun 1.8
+//!   refuses *hybrid* cgroup hosts (v1 controllers plus a v2 mount); instead of giving up we run
+//!   crun in a private mount namespace in which the v2 mount has been detached, set up in
+//!   `pre_exec` of the crun command itself, so no extra process is involved. At
+//!   [`Sandbox::new`] a probe container (create + delete on an empty rootfs) proves the choice.
+//! * **No per-instance helper process (no shim).** Wharf marks itself a *child subreaper*
+//!   (`PR_SET_CHILD_SUBREAPER`): when `runtime create` exits, the container's init is reparented
+//!   to us. We hold a pidfd for it, watch the pidfd with tokio and reap exactly that pid with
+//!   `waitid(P_PIDFD)` — never `waitpid(-1)`, which would steal tokio's children (`reaper`).
+//! * **The instance is reached through its network namespace, not through ports.** Every
+//!   instance gets a new netns with only `lo`. A dedicated *connector* thread `setns`es into the
+//!   instance's netns, creates a socket there (a socket belongs to the netns it was created in),
+//!   and `setns`es back; the connect itself then happens asynchronously on the tokio runtime
+//!   (`netns`, `readiness`).
+//! * **Rootfs: shared read-only layers + a per-instance overlay** whose upper layer lives on a
+//!   size-limited tmpfs (`rootfs`). tmpfs pages are charged to the instance's memory cgroup.
+//! * **cgroups v1, v2 and hybrid are all first-class** (`cgroup`): the runtime creates
+//!   `/<cgroup_parent>/<instance-id>` in every hierarchy; we read memory peak and OOM kills
+//!   *before* the runtime deletes it, and remove the parent at [`Sandbox::shutdown`].
+//! * **Privileged operations go through one seam**, `host::Host`, with a real implementation
+//!   and a recording fake for unit tests; integration tests under `tests/` exercise the kernel.
+//! * **Nothing is left behind.** Every failure half-way through a start is undone (keeping the
+//!   cleanup error next to the original one); [`Sandbox::recover`] removes what a killed daemon
+//!   left in the state directory.
+//!
+//! Module map, following the lifecycle: `runtime` (detect + drive crun/runc), `spec`
+//! (`config.json`), `user` (`USER` resolution), `rootfs`, `cgroup`, `netns`,
+//! `readiness`, `output`, `reaper`, `instance_start`, `instance_stop`, `recover`,
+//! `host`, `error`.
+
+mod cgroup;
+mod error;
+mod host;
+mod instance;
+mod instance_start;
+mod instance_stop;
+mod netns;
+mod output;
+mod readiness;
+mod reaper;
+mod recover;
+mod rootfs;
+mod runtime;
+mod sandbox;
+mod spec;
+mod user;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+
+pub use error::{CleanupError, SandboxError, StartError};
+pub use instance::Instance;
+pub use sandbox::Sandbox;
+pub use user::UserError;
 
 /// Which OCI runtime binary to drive.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -32,6 +86,22 @@ pub enum RuntimeKind {
     Runc,
 }
 
+impl RuntimeKind {
+    /// The binary's name: `crun` or `runc`.
+    pub fn name(self) -> &'static str {
+        match self {
+            RuntimeKind::Crun => "crun",
+            RuntimeKind::Runc => "runc",
+        }
+    }
+}
+
+impl std::fmt::Display for RuntimeKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// What was chosen at start-up, for the start-up message.
 #[derive(Clone, Debug)]
 pub struct RuntimeInfo {
@@ -42,9 +112,25 @@ pub struct RuntimeInfo {
     pub note: String,
 }
 
+impl std::fmt::Display for RuntimeInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} ({}): {}",
+            self.kind,
+            self.version,
+            self.path.display(),
+            self.note
+        )
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum User {
-    Id { uid: u32, gid: u32 },
+    Id {
+        uid: u32,
+        gid: u32,
+    },
     /// As in an image's `USER`: `name`, `uid`, `uid:gid`, `name:group`; resolved in the rootfs.
     Named(String),
 }
@@ -62,15 +148,23 @@ pub trait OutputSink: Send + Sync + 'static {
 }
 
 pub struct InstanceSpec {
+    /// Unique among live instances of this sandbox; `[A-Za-z0-9_.-]`, at most 64 bytes.
     pub id: String,
+    /// Unpacked layer directories, **base layer first** (manifest order). They are stacked
+    /// top-first as the overlay's `lowerdir` and never written to.
     pub layers: Vec<PathBuf>,
     pub args: Vec<String>,
+    /// `KEY=value`. `HOME` is added from the rootfs's `/etc/passwd` (or `/`) and `PATH` with the
+    /// usual default, when missing.
     pub env: Vec<String>,
     pub cwd: String,
     pub user: User,
     pub hostname: String,
+    /// 0 = no memory limit.
     pub memory_limit_bytes: u64,
+    /// Size of the tmpfs that holds the overlay's upper layer (charged to the memory cgroup).
     pub writable_layer_bytes: u64,
+    /// 0 or negative = no pids limit.
     pub pids_limit: i64,
     pub output: Arc<dyn OutputSink>,
 }
@@ -79,6 +173,15 @@ pub struct InstanceSpec {
 pub enum ExitInfo {
     Exited(i32),
     Signaled(i32),
+}
+
+impl std::fmt::Display for ExitInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitInfo::Exited(code) => write!(f, "exit code {code}"),
+            ExitInfo::Signaled(sig) => write!(f, "killed by signal {sig}"),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -91,16 +194,30 @@ pub struct StopReport {
 
 #[derive(Debug, Default)]
 pub struct RecoveryReport {
+    /// Instances (bundle directories or runtime containers) that were cleaned up.
     pub instances_removed: usize,
+    /// Containers deleted through the runtime (`delete --force`).
+    pub containers_deleted: usize,
+    /// Mounts found under `instances/` and unmounted.
+    pub mounts_removed: usize,
+    /// Empty cgroup directories removed under the parent, all hierarchies counted.
+    pub cgroups_removed: usize,
+    /// What could not be cleaned up (recovery goes on past errors).
+    pub errors: Vec<String>,
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("sandbox error")]
-pub struct SandboxError;
-
-#[derive(Debug, thiserror::Error)]
-#[error("start error")]
-pub struct StartError;
+/// How long the phases of [`Sandbox::start`] took, for logs and benchmarks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StartTimings {
+    /// Bundle, tmpfs, overlay, user resolution, `config.json`.
+    pub prepare: Duration,
+    /// `runtime create`.
+    pub create: Duration,
+    /// `runtime start`.
+    pub start: Duration,
+    /// The whole of [`Sandbox::start`].
+    pub total: Duration,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum NotListening {
@@ -108,61 +225,4 @@ pub enum NotListening {
     Exited(ExitInfo),
     #[error("nothing listened within the deadline")]
     Deadline,
-}
-
-#[derive(Clone)]
-pub struct Sandbox {}
-
-impl Sandbox {
-    pub fn new(config: SandboxConfig) -> Result<Sandbox, SandboxError> {
-        unimplemented!()
-    }
-    pub fn runtime(&self) -> &RuntimeInfo {
-        unimplemented!()
-    }
-    pub async fn recover(&self) -> Result<RecoveryReport, SandboxError> {
-        unimplemented!()
-    }
-    pub async fn start(&self, spec: InstanceSpec) -> Result<Instance, StartError> {
-        unimplemented!()
-    }
-    pub async fn shutdown(&self) {
-        unimplemented!()
-    }
-}
-
-pub struct Instance {}
-
-impl Instance {
-    pub fn id(&self) -> &str {
-        unimplemented!()
-    }
-    pub fn pid(&self) -> u32 {
-        unimplemented!()
-    }
-    pub async fn connect(&self, port: u16) -> std::io::Result<tokio::net::TcpStream> {
-        unimplemented!()
-    }
-    pub async fn wait_listening(
-        &self,
-        port: u16,
-        deadline: Duration,
-    ) -> Result<tokio::net::TcpStream, NotListening> {
-        unimplemented!()
-    }
-    pub fn exit_status(&self) -> Option<ExitInfo> {
-        unimplemented!()
-    }
-    pub async fn exited(&self) -> ExitInfo {
-        unimplemented!()
-    }
-    pub fn recent_output(&self) -> String {
-        unimplemented!()
-    }
-    pub fn memory_peak_bytes(&self) -> Option<u64> {
-        unimplemented!()
-    }
-    pub async fn stop(&self, grace: Duration) -> StopReport {
-        unimplemented!()
-    }
 }

@@ -1,0 +1,280 @@
+//! Error types, one enum per operation: [`SandboxError`] for set-up, recovery and shutdown,
+//! [`StartError`] for [`crate::Sandbox::start`]. Variants carry the instance id, the paths and,
+//! for runtime failures, the runtime's own message (from its JSON log, not the function's
+//! output).
+
+use std::io;
+use std::path::PathBuf;
+
+use crate::RuntimeKind;
+use crate::user::UserError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("invalid sandbox config: {reason}")]
+    InvalidConfig { reason: String },
+
+    #[error("failed to create directory {path}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("failed to read the mount table")]
+    MountTable {
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("no cgroup hierarchy is mounted")]
+    NoCgroups,
+
+    #[error("no usable oci runtime: {reason}")]
+    NoRuntime { reason: String },
+
+    #[error("failed to run {program} {verb}")]
+    RuntimeExec {
+        program: PathBuf,
+        verb: &'static str,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("{runtime} failed the start-up probe: {message}")]
+    RuntimeProbe {
+        runtime: RuntimeKind,
+        message: String,
+    },
+
+    #[error("failed to prepare the runtime probe bundle at {path}")]
+    ProbeBundle {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("failed to become a child subreaper")]
+    Subreaper {
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("failed to start the network namespace connector")]
+    Connector {
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// One step of undoing a half-done start or a stop that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CleanupError {
+    #[error("failed to unmount {path}")]
+    Unmount {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("failed to remove {path}")]
+    RemoveDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("{runtime} delete of {id} failed: {message}")]
+    RuntimeDelete {
+        runtime: RuntimeKind,
+        id: String,
+        message: String,
+    },
+}
+
+/// The cleanup errors of one failed start, displayed `; `-separated.
+#[derive(Debug)]
+pub struct CleanupErrors(pub Vec<CleanupError>);
+
+impl std::fmt::Display for CleanupErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{}", display_chain(e))?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid instance spec for {id:?}: {reason}")]
+    InvalidSpec { id: String, reason: String },
+
+    #[error("instance {id} already exists at {path}")]
+    AlreadyExists { id: String, path: PathBuf },
+
+    #[error("failed to prepare {path} for instance {id}")]
+    Bundle {
+        id: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error(
+        "failed to mount the writable layer (tmpfs, {size_bytes} bytes) at {path} for instance {id}"
+    )]
+    MountWritableLayer {
+        id: String,
+        path: PathBuf,
+        size_bytes: u64,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("failed to mount the overlay rootfs at {path} for instance {id}")]
+    MountRootfs {
+        id: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("failed to resolve the user of instance {id}")]
+    User {
+        id: String,
+        #[source]
+        source: UserError,
+    },
+
+    #[error("failed to write {path} for instance {id}")]
+    WriteSpec {
+        id: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("failed to create the output pipes of instance {id}")]
+    Pipes {
+        id: String,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("failed to run {program} {verb} for instance {id}")]
+    RuntimeExec {
+        id: String,
+        program: PathBuf,
+        verb: &'static str,
+        #[source]
+        source: io::Error,
+    },
+
+    /// The runtime ran and failed; `message` is its own error message.
+    #[error("{runtime} {verb} failed for instance {id}: {message}")]
+    Runtime {
+        id: String,
+        runtime: RuntimeKind,
+        verb: &'static str,
+        message: String,
+    },
+
+    #[error("failed to read the init pid of instance {id} from {path}")]
+    PidFile {
+        id: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("failed to open a pidfd for pid {pid} of instance {id}")]
+    Pidfd {
+        id: String,
+        pid: u32,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("failed to open the network namespace {path} of instance {id}")]
+    Netns {
+        id: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    /// The start failed and undoing it failed too: both are kept.
+    #[error("{error}; cleaning up instance {id} failed too: {cleanup}")]
+    Cleanup {
+        id: String,
+        #[source]
+        error: Box<StartError>,
+        cleanup: CleanupErrors,
+    },
+}
+
+impl StartError {
+    /// The id of the instance that failed to start.
+    pub fn instance_id(&self) -> &str {
+        match self {
+            StartError::InvalidSpec { id, .. }
+            | StartError::AlreadyExists { id, .. }
+            | StartError::Bundle { id, .. }
+            | StartError::MountWritableLayer { id, .. }
+            | StartError::MountRootfs { id, .. }
+            | StartError::User { id, .. }
+            | StartError::WriteSpec { id, .. }
+            | StartError::Pipes { id, .. }
+            | StartError::RuntimeExec { id, .. }
+            | StartError::Runtime { id, .. }
+            | StartError::PidFile { id, .. }
+            | StartError::Pidfd { id, .. }
+            | StartError::Netns { id, .. }
+            | StartError::Cleanup { id, .. } => id,
+        }
+    }
+}
+
+/// `error: source: source…`, for logs and report strings.
+pub(crate) fn display_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cleanup_keeps_both_errors() {
+        let err = StartError::Cleanup {
+            id: "i1".into(),
+            error: Box::new(StartError::Runtime {
+                id: "i1".into(),
+                runtime: RuntimeKind::Crun,
+                verb: "create",
+                message: "executable file `/nope` not found".into(),
+            }),
+            cleanup: CleanupErrors(vec![CleanupError::Unmount {
+                path: "/x/rootfs".into(),
+                source: io::Error::from_raw_os_error(libc::EBUSY),
+            }]),
+        };
+        let text = err.to_string();
+        assert!(text.contains("crun create failed for instance i1: executable file"));
+        assert!(text.contains("failed to unmount /x/rootfs"), "{text}");
+        assert_eq!(err.instance_id(), "i1");
+        let chain = display_chain(&err);
+        assert!(chain.starts_with("crun create failed"), "{chain}");
+    }
+}

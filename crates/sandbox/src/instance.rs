@@ -1,0 +1,137 @@
+//! [`Instance`]: one running container, from the moment `runtime start` returned until
+//! `stop` has removed every trace of it.
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::output::OutputCapture;
+use crate::rootfs::InstancePaths;
+use crate::sandbox::SandboxInner;
+use crate::{ExitInfo, NotListening, StartTimings, StopReport};
+
+/// A running instance. Always [`stop`](Instance::stop) it: dropping it without stopping
+/// leaves the container running (and logs a warning) until [`crate::Sandbox::recover`].
+pub struct Instance {
+    pub(crate) sandbox: Arc<SandboxInner>,
+    pub(crate) id: String,
+    pub(crate) pid: u32,
+    pub(crate) pidfd: Arc<OwnedFd>,
+    pub(crate) netns: Arc<OwnedFd>,
+    pub(crate) exit: watch::Receiver<Option<ExitInfo>>,
+    pub(crate) output: OutputCapture,
+    pub(crate) paths: InstancePaths,
+    pub(crate) timings: StartTimings,
+    /// The first stop's report, returned again by later calls.
+    pub(crate) stop_report: tokio::sync::Mutex<Option<StopReport>>,
+    pub(crate) stopped: AtomicBool,
+}
+
+impl std::fmt::Debug for Instance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Instance")
+            .field("id", &self.id)
+            .field("pid", &self.pid)
+            .field("exit", &*self.exit.borrow())
+            .finish()
+    }
+}
+
+impl Instance {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The init process's pid, as seen from the host.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// A TCP connection to `127.0.0.1:port` inside the instance's network namespace, with
+    /// `TCP_NODELAY`.
+    pub async fn connect(&self, port: u16) -> std::io::Result<TcpStream> {
+        self.sandbox.connector.connect(&self.netns, port).await
+    }
+
+    /// Wait until something listens on `port` inside the instance and return that first
+    /// connection; [`NotListening::Exited`] as soon as the init exits,
+    /// [`NotListening::Deadline`] after `deadline`.
+    pub async fn wait_listening(
+        &self,
+        port: u16,
+        deadline: Duration,
+    ) -> Result<TcpStream, NotListening> {
+        crate::readiness::wait_listening(
+            &self.sandbox.connector,
+            &self.netns,
+            port,
+            deadline,
+            &self.exit,
+        )
+        .await
+    }
+
+    /// How the init process ended, once it has.
+    pub fn exit_status(&self) -> Option<ExitInfo> {
+        *self.exit.borrow()
+    }
+
+    /// Wait for the init process to end.
+    pub async fn exited(&self) -> ExitInfo {
+        let mut exit = self.exit.clone();
+        match exit.wait_for(Option::is_some).await {
+            Ok(info) => info.unwrap_or(ExitInfo::Signaled(libc::SIGKILL)),
+            // The watcher never drops its sender without sending, except when the tokio
+            // runtime shuts down; then nothing will ever report.
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// The last few KB the instance printed (stdout and stderr interleaved).
+    pub fn recent_output(&self) -> String {
+        self.output.recent()
+    }
+
+    /// The memory peak of the instance's cgroup so far.
+    pub fn memory_peak_bytes(&self) -> Option<u64> {
+        self.sandbox
+            .cgroups
+            .memory_stats(
+                self.sandbox.host.as_ref(),
+                &self.sandbox.config.cgroup_parent,
+                &self.id,
+            )
+            .peak_bytes
+    }
+
+    /// How long the phases of the start took.
+    pub fn timings(&self) -> StartTimings {
+        self.timings
+    }
+
+    /// SIGTERM, up to `grace` for the init to exit, SIGKILL; then delete the container,
+    /// unmount, remove the bundle. Idempotent: later calls return the first call's report.
+    pub async fn stop(&self, grace: Duration) -> StopReport {
+        crate::instance_stop::stop(self, grace).await
+    }
+
+    pub(crate) fn mark_stopped(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if !self.stopped.load(Ordering::SeqCst) {
+            tracing::warn!(
+                instance = %self.id,
+                pid = self.pid,
+                "instance dropped without stop: its container keeps running until Sandbox::recover"
+            );
+        }
+    }
+}

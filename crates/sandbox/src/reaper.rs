@@ -1,0 +1,83 @@
+//! Watching and reaping an instance's init process.
+//!
+//! Wharf is a child subreaper, so when `runtime create` exits the container's init becomes our
+//! child. We hold a pidfd for it: the pidfd turns readable when the process exits (tokio
+//! `AsyncFd`, no thread, no timer), and `waitid(P_PIDFD, WEXITED)` reaps exactly that process.
+//! Never `waitpid(-1)`: tokio's process driver reaps its own children, and a global wait would
+//! steal their statuses.
+//!
+//! The watcher task outlives a dropped `Instance`: a container killed later (by `recover`, by
+//! hand) is still reaped instead of lingering as a zombie.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+
+use rustix::process::{WaitId, WaitIdOptions, WaitIdStatus};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+use crate::ExitInfo;
+
+/// Spawn the watcher of `pidfd`; the returned receiver holds `Some(exit)` once it exited.
+pub(crate) fn watch_exit(
+    id: &str,
+    pid: u32,
+    pidfd: Arc<OwnedFd>,
+) -> std::io::Result<watch::Receiver<Option<ExitInfo>>> {
+    let (tx, rx) = watch::channel(None);
+    // SAFETY: the Arc<OwnedFd> moves into the AsyncFd; the descriptor stays open and the same
+    // for the AsyncFd's whole lifetime (other clones of the Arc only add owners).
+    let async_fd = unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) }?;
+    let id = id.to_owned();
+    tokio::spawn(async move {
+        let exit = wait_exit(&async_fd).await;
+        debug!(instance = %id, pid, ?exit, "init exited");
+        let _ = tx.send(Some(exit));
+    });
+    Ok(rx)
+}
+
+async fn wait_exit(async_fd: &AsyncFd<Arc<OwnedFd>>) -> ExitInfo {
+    loop {
+        let mut guard = match async_fd.readable().await {
+            Ok(guard) => guard,
+            Err(e) => {
+                warn!(error = %e, "polling a pidfd failed");
+                return ExitInfo::Signaled(libc::SIGKILL);
+            }
+        };
+        match try_reap(async_fd.get_ref().as_fd()) {
+            Ok(Some(exit)) => return exit,
+            Ok(None) => guard.clear_ready(),
+            Err(e) => {
+                // ECHILD: not our child (we were not its subreaper); the process is gone but
+                // its status went elsewhere.
+                warn!(error = %e, "waitid on a pidfd failed");
+                return ExitInfo::Signaled(libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// `waitid(P_PIDFD, fd, WEXITED | WNOHANG)`.
+fn try_reap(pidfd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Option<ExitInfo>> {
+    loop {
+        match rustix::process::waitid(
+            WaitId::PidFd(pidfd),
+            WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+        ) {
+            Ok(status) => return Ok(status.and_then(|s| exit_info(&s))),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn exit_info(status: &WaitIdStatus) -> Option<ExitInfo> {
+    if let Some(code) = status.exit_status() {
+        return Some(ExitInfo::Exited(code));
+    }
+    status.terminating_signal().map(ExitInfo::Signaled)
+}

@@ -1,0 +1,186 @@
+//! [`Sandbox`]: the per-daemon state shared by all instances — the chosen runtime, the cgroup
+//! layout, the connector thread, the directories.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tracing::{debug, info, warn};
+
+use crate::cgroup::CgroupLayout;
+use crate::error::SandboxError;
+use crate::host::{Host, RealHost};
+use crate::netns::Connector;
+use crate::runtime::{self, ChooseContext, Runtime};
+use crate::{Instance, InstanceSpec, RecoveryReport, RuntimeInfo, SandboxConfig, StartError};
+
+/// Turns unpacked images into running, isolated instances. Cheap to clone; all clones share
+/// one connector thread and one runtime choice.
+#[derive(Clone)]
+pub struct Sandbox {
+    pub(crate) inner: Arc<SandboxInner>,
+}
+
+pub(crate) struct SandboxInner {
+    pub config: SandboxConfig,
+    pub host: Arc<dyn Host>,
+    pub runtime: Runtime,
+    pub info: RuntimeInfo,
+    pub cgroups: CgroupLayout,
+    pub connector: Connector,
+    pub instances_dir: PathBuf,
+    pub run_dir: PathBuf,
+    /// Host hard limit for RLIMIT_NOFILE (`u64::MAX` = unlimited).
+    pub nofile_hard: u64,
+    /// Whether memory+swap can be limited.
+    pub limit_swap: bool,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("state_dir", &self.inner.config.state_dir)
+            .field("cgroup_parent", &self.inner.config.cgroup_parent)
+            .field("runtime", &self.inner.info)
+            .finish()
+    }
+}
+
+/// Names used as path components (cgroup parent, instance ids): no separators, no dot-dot.
+pub(crate) fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn create_dir(path: &Path) -> Result<(), SandboxError> {
+    std::fs::create_dir_all(path).map_err(|source| SandboxError::CreateDir {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+impl Sandbox {
+    /// Prepare the state directory, choose the runtime (running a probe container, which
+    /// takes some tens of milliseconds), become a child subreaper and start the connector.
+    /// Blocking; call once at start-up.
+    pub fn new(config: SandboxConfig) -> Result<Sandbox, SandboxError> {
+        Sandbox::with_host(config, Arc::new(RealHost))
+    }
+
+    pub(crate) fn with_host(
+        config: SandboxConfig,
+        host: Arc<dyn Host>,
+    ) -> Result<Sandbox, SandboxError> {
+        if !valid_name(&config.cgroup_parent) {
+            return Err(SandboxError::InvalidConfig {
+                reason: format!(
+                    "cgroup parent {:?} must be 1-64 characters of [A-Za-z0-9_.-], not starting with '.'",
+                    config.cgroup_parent
+                ),
+            });
+        }
+        let instances_dir = config.state_dir.join("instances");
+        let run_dir = config.state_dir.join("run");
+        create_dir(&instances_dir)?;
+        create_dir(&run_dir)?;
+
+        let mountinfo = host
+            .mountinfo()
+            .map_err(|source| SandboxError::MountTable { source })?;
+        let cgroups = CgroupLayout::from_mountinfo(&mountinfo);
+        let nofile_hard = host.nofile_hard_limit().unwrap_or(u64::MAX);
+        let limit_swap = cgroups.swap_accounting(host.as_ref());
+
+        let cx = ChooseContext {
+            host: host.as_ref(),
+            layout: &cgroups,
+            run_dir: &run_dir,
+            cgroup_parent: &config.cgroup_parent,
+            nofile: nofile_hard,
+            limit_swap,
+        };
+        let (runtime, info) = runtime::choose(&cx, config.runtime)?;
+        create_dir(&runtime.root)?;
+
+        // Container inits are reparented to us when `runtime create` exits.
+        rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
+            .map_err(|e| SandboxError::Subreaper { source: e.into() })?;
+        let connector = Connector::start().map_err(|source| SandboxError::Connector { source })?;
+
+        info!(
+            runtime = %info.kind,
+            version = %info.version,
+            path = %info.path.display(),
+            note = %info.note,
+            cgroups = ?cgroups.mode(),
+            nofile_hard,
+            limit_swap,
+            "sandbox ready"
+        );
+        Ok(Sandbox {
+            inner: Arc::new(SandboxInner {
+                config,
+                host,
+                runtime,
+                info,
+                cgroups,
+                connector,
+                instances_dir,
+                run_dir,
+                nofile_hard,
+                limit_swap,
+            }),
+        })
+    }
+
+    pub fn runtime(&self) -> &RuntimeInfo {
+        &self.inner.info
+    }
+
+    /// The state directory this sandbox works in.
+    pub fn state_dir(&self) -> &Path {
+        &self.inner.config.state_dir
+    }
+
+    /// Clean up what a previous (killed) daemon left in this state directory: containers,
+    /// mounts, bundles and empty cgroups. Call before the first start.
+    pub async fn recover(&self) -> Result<RecoveryReport, SandboxError> {
+        crate::recover::recover(&self.inner).await
+    }
+
+    /// Start an instance: bundle, overlay rootfs, `config.json`, `runtime create` + `start`.
+    /// On failure everything done so far is undone.
+    pub async fn start(&self, spec: InstanceSpec) -> Result<Instance, StartError> {
+        crate::instance_start::start(&self.inner, spec).await
+    }
+
+    /// Remove the Wharf-owned parent cgroup in every hierarchy, if empty. Stop all instances
+    /// first.
+    pub async fn shutdown(&self) {
+        let inner = &self.inner;
+        for dir in inner.cgroups.parent_dirs(&inner.config.cgroup_parent) {
+            match inner.host.remove_dir(&dir) {
+                Ok(()) => debug!(dir = %dir.display(), "removed parent cgroup"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => warn!(dir = %dir.display(), error = %e, "parent cgroup not removed"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(valid_name("wharf"));
+        assert!(valid_name("fn-hello_1.v2"));
+        for bad in ["", ".", "..", ".hidden", "a/b", "a b", &"x".repeat(65)] {
+            assert!(!valid_name(bad), "{bad:?}");
+        }
+    }
+}

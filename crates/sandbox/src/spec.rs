@@ -1,0 +1,347 @@
+//! The OCI runtime `config.json` of an instance, with `oci-spec` types.
+//!
+//! Close to runc's default spec (`runc spec`): the same mounts, masked and read-only paths and
+//! device rules, minus the small default capability set (an instance gets **no**
+//! capabilities), plus a cgroup namespace, a new network namespace (loopback only), explicit
+//! `cgroupsPath` under the Wharf-owned parent, memory (+swap, so swap cannot extend it) and pids
+//! limits, and `RLIMIT_NOFILE` clamped to this host's hard limit: the runtime cannot raise it
+//! above that without `CAP_SYS_RESOURCE`, and fails with "setrlimit … operation not permitted".
+
+use std::path::Path;
+
+use oci_spec::OciSpecError;
+use oci_spec::runtime::{
+    LinuxBuilder, LinuxCapabilities, LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxNamespace,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount,
+    MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec,
+    SpecBuilder, UserBuilder,
+};
+
+/// `RLIMIT_NOFILE` an instance asks for; clamped to the host's hard limit.
+pub(crate) const DEFAULT_NOFILE: u64 = 65_536;
+
+/// The `PATH` added when the image's environment has none (Docker's default).
+pub(crate) const DEFAULT_PATH: &str =
+    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The OCI version we write; both runc 1.1 and crun 1.8 accept it.
+const OCI_VERSION: &str = "1.0.2";
+
+/// runc's default `maskedPaths`.
+const MASKED_PATHS: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/sys/firmware",
+    "/proc/scsi",
+];
+
+/// runc's default `readonlyPaths`.
+const READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// Everything that varies between instances.
+#[derive(Clone, Debug)]
+pub(crate) struct SpecParams<'a> {
+    pub args: &'a [String],
+    /// Final environment (HOME and PATH already added).
+    pub env: Vec<String>,
+    pub cwd: &'a str,
+    pub uid: u32,
+    pub gid: u32,
+    pub hostname: &'a str,
+    pub rootfs: &'a Path,
+    pub cgroups_path: String,
+    /// 0 = none.
+    pub memory_limit_bytes: u64,
+    /// Also limit memory+swap to the memory limit (the host accounts swap).
+    pub limit_swap: bool,
+    /// <= 0 = none.
+    pub pids_limit: i64,
+    /// Already clamped.
+    pub nofile: u64,
+}
+
+/// The environment of an instance: the spec's, plus `HOME` and `PATH` when missing.
+pub(crate) fn instance_env(env: &[String], home: &str) -> Vec<String> {
+    let mut out = env.to_vec();
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        out.push(DEFAULT_PATH.to_owned());
+    }
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        out.push(format!("HOME={home}"));
+    }
+    out
+}
+
+/// Clamp the wanted `RLIMIT_NOFILE` to the host's hard limit (`None` = unlimited).
+pub(crate) fn clamp_nofile(wanted: u64, host_hard: Option<u64>) -> u64 {
+    host_hard.map_or(wanted, |hard| wanted.min(hard))
+}
+
+pub(crate) fn build(p: &SpecParams<'_>) -> Result<Spec, OciSpecError> {
+    let mut caps = LinuxCapabilities::default();
+    caps.set_bounding(Some(Default::default()))
+        .set_effective(Some(Default::default()))
+        .set_inheritable(Some(Default::default()))
+        .set_permitted(Some(Default::default()))
+        .set_ambient(Some(Default::default()));
+
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .user(
+            UserBuilder::default()
+                .uid(p.uid)
+                .gid(p.gid)
+                .additional_gids(Vec::<u32>::new())
+                .build()?,
+        )
+        .args(p.args.to_vec())
+        .env(p.env.clone())
+        .cwd(p.cwd)
+        .capabilities(caps)
+        .rlimits(vec![
+            PosixRlimitBuilder::default()
+                .typ(PosixRlimitType::RlimitNofile)
+                .hard(p.nofile)
+                .soft(p.nofile)
+                .build()?,
+        ])
+        .no_new_privileges(true)
+        .build()?;
+
+    let mut resources = LinuxResourcesBuilder::default().devices(vec![
+        LinuxDeviceCgroupBuilder::default()
+            .allow(false)
+            .access("rwm")
+            .build()?,
+    ]);
+    if p.memory_limit_bytes > 0 {
+        let limit = i64::try_from(p.memory_limit_bytes).unwrap_or(i64::MAX);
+        let mut memory = LinuxMemoryBuilder::default().limit(limit);
+        if p.limit_swap {
+            memory = memory.swap(limit);
+        }
+        resources = resources.memory(memory.build()?);
+    }
+    if p.pids_limit > 0 {
+        resources = resources.pids(LinuxPidsBuilder::default().limit(p.pids_limit).build()?);
+    }
+
+    let linux = LinuxBuilder::default()
+        .resources(resources.build()?)
+        .cgroups_path(p.cgroups_path.clone())
+        .namespaces(namespaces()?)
+        .masked_paths(
+            MASKED_PATHS
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .readonly_paths(
+            READONLY_PATHS
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .build()?;
+
+    let mut spec = SpecBuilder::default()
+        .version(OCI_VERSION)
+        .root(
+            RootBuilder::default()
+                .path(p.rootfs)
+                .readonly(false)
+                .build()?,
+        )
+        .process(process)
+        .mounts(mounts()?)
+        .linux(linux)
+        .build()?;
+    // The builder starts from `Spec::default()`, whose hostname is "youki".
+    spec.set_hostname((!p.hostname.is_empty()).then(|| p.hostname.to_owned()));
+    Ok(spec)
+}
+
+fn namespaces() -> Result<Vec<LinuxNamespace>, OciSpecError> {
+    [
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Mount,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Network,
+        LinuxNamespaceType::Cgroup,
+    ]
+    .into_iter()
+    .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build())
+    .collect()
+}
+
+/// runc's default mounts.
+fn mounts() -> Result<Vec<Mount>, OciSpecError> {
+    let mount = |dest: &str, typ: &str, source: &str, options: &[&str]| {
+        let mut b = MountBuilder::default()
+            .destination(dest)
+            .typ(typ)
+            .source(source);
+        if !options.is_empty() {
+            b = b.options(options.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        }
+        b.build()
+    };
+    Ok(vec![
+        mount("/proc", "proc", "proc", &[])?,
+        mount(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        )?,
+        mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
+        )?,
+        mount(
+            "/dev/shm",
+            "tmpfs",
+            "shm",
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        )?,
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        )?,
+        mount(
+            "/sys",
+            "sysfs",
+            "sysfs",
+            &["nosuid", "noexec", "nodev", "ro"],
+        )?,
+        mount(
+            "/sys/fs/cgroup",
+            "cgroup",
+            "cgroup",
+            &["nosuid", "noexec", "nodev", "relatime", "ro"],
+        )?,
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params<'a>(args: &'a [String], rootfs: &'a Path) -> SpecParams<'a> {
+        SpecParams {
+            args,
+            env: instance_env(&["FOO=bar".into()], "/home/app"),
+            cwd: "/srv",
+            uid: 1003,
+            gid: 1003,
+            hostname: "fn-hello",
+            rootfs,
+            cgroups_path: "/wharf/i1".into(),
+            memory_limit_bytes: 128 << 20,
+            limit_swap: true,
+            pids_limit: 64,
+            nofile: clamp_nofile(DEFAULT_NOFILE, Some(20_000)),
+        }
+    }
+
+    #[test]
+    fn config_json_snapshot() {
+        let args = vec!["/bin/httpd".to_string(), "-f".into()];
+        let spec = build(&params(&args, Path::new("/data/instances/i1/rootfs"))).unwrap();
+        insta::assert_json_snapshot!(spec);
+    }
+
+    #[test]
+    fn fields() {
+        let args = vec!["/bin/app".to_string()];
+        let rootfs = Path::new("/r");
+        let spec = build(&params(&args, rootfs)).unwrap();
+        let json = serde_json::to_value(&spec).unwrap();
+        let process = &json["process"];
+        assert_eq!(process["terminal"], false);
+        assert_eq!(process["noNewPrivileges"], true);
+        assert_eq!(process["user"]["uid"], 1003);
+        assert_eq!(process["user"]["additionalGids"], serde_json::json!([]));
+        for set in [
+            "bounding",
+            "effective",
+            "inheritable",
+            "permitted",
+            "ambient",
+        ] {
+            assert_eq!(process["capabilities"][set], serde_json::json!([]), "{set}");
+        }
+        assert_eq!(process["rlimits"][0]["hard"], 20_000);
+        assert_eq!(process["cwd"], "/srv");
+        let env = process["env"].as_array().unwrap();
+        assert!(env.contains(&"HOME=/home/app".into()));
+        assert!(env.contains(&DEFAULT_PATH.into()));
+        let linux = &json["linux"];
+        assert_eq!(linux["cgroupsPath"], "/wharf/i1");
+        assert_eq!(linux["resources"]["memory"]["limit"], 128 << 20);
+        assert_eq!(linux["resources"]["memory"]["swap"], 128 << 20);
+        assert_eq!(linux["resources"]["pids"]["limit"], 64);
+        let ns: Vec<_> = linux["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                assert!(n.get("path").is_none(), "new namespaces only: {n}");
+                n["type"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        assert_eq!(ns, ["pid", "mount", "ipc", "uts", "network", "cgroup"]);
+        assert_eq!(json["hostname"], "fn-hello");
+        assert_eq!(json["root"]["path"], "/r");
+    }
+
+    #[test]
+    fn optional_limits() {
+        let args = vec!["/bin/app".to_string()];
+        let mut p = params(&args, Path::new("/r"));
+        p.memory_limit_bytes = 0;
+        p.pids_limit = 0;
+        p.hostname = "";
+        let json = serde_json::to_value(build(&p).unwrap()).unwrap();
+        assert!(json["linux"]["resources"].get("memory").is_none());
+        assert!(json["linux"]["resources"].get("pids").is_none());
+        assert!(json.get("hostname").is_none());
+
+        let mut p = params(&args, Path::new("/r"));
+        p.limit_swap = false;
+        let json = serde_json::to_value(build(&p).unwrap()).unwrap();
+        assert!(json["linux"]["resources"]["memory"].get("swap").is_none());
+    }
+
+    #[test]
+    fn env_defaults_do_not_override() {
+        let env = instance_env(&["HOME=/x".into(), "PATH=/bin".into()], "/home/app");
+        assert_eq!(env, ["HOME=/x", "PATH=/bin"]);
+        assert_eq!(clamp_nofile(65_536, None), 65_536);
+        assert_eq!(clamp_nofile(65_536, Some(1024)), 1024);
+    }
+}
