@@ -75,6 +75,25 @@ fn try_reap(pidfd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Option<ExitIn
     }
 }
 
+/// Reap a process that is dead or about to be (after `runtime delete --force`), waiting at
+/// most `patience`. For the start-up probe's init, which has no watcher. `None` if it is not
+/// our child or did not exit in time.
+pub(crate) fn reap_blocking(
+    pidfd: std::os::fd::BorrowedFd<'_>,
+    patience: std::time::Duration,
+) -> Option<ExitInfo> {
+    let end = std::time::Instant::now() + patience;
+    loop {
+        match try_reap(pidfd) {
+            Ok(Some(exit)) => return Some(exit),
+            Ok(None) if std::time::Instant::now() < end => {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Ok(None) | Err(_) => return None,
+        }
+    }
+}
+
 fn exit_info(status: &WaitIdStatus) -> Option<ExitInfo> {
     if let Some(code) = status.exit_status() {
         return Some(ExitInfo::Exited(code));

@@ -302,10 +302,23 @@ fn probe_in(
         let log = std::fs::read_to_string(&log).ok();
         return Err(failure_message(&out, log.as_deref()));
     }
+    // The probe's init was reparented to us (we are the subreaper): reap it after the delete
+    // kills it, or it stays a zombie.
+    let init = std::fs::read_to_string(bundle.join("init.pid"))
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+        .and_then(rustix::process::Pid::from_raw)
+        .and_then(|pid| {
+            rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
+        });
     let out = cx
         .host
         .run(runtime.delete_force(id))
         .map_err(|e| io_err("run delete", e))?;
+    if let Some(pidfd) = &init {
+        use std::os::fd::AsFd;
+        crate::reaper::reap_blocking(pidfd.as_fd(), std::time::Duration::from_secs(2));
+    }
     if !out.success {
         return Err(failure_message(&out, None));
     }

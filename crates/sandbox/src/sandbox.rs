@@ -102,12 +102,11 @@ impl Sandbox {
             nofile: nofile_hard,
             limit_swap,
         };
-        let (runtime, info) = runtime::choose(&cx, config.runtime)?;
-        create_dir(&runtime.root)?;
-
-        // Container inits are reparented to us when `runtime create` exits.
+        // Container inits are reparented to us when `runtime create` exits (the probe's too).
         rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
             .map_err(|e| SandboxError::Subreaper { source: e.into() })?;
+        let (runtime, info) = runtime::choose(&cx, config.runtime)?;
+        create_dir(&runtime.root)?;
         let connector = Connector::start().map_err(|source| SandboxError::Connector { source })?;
 
         info!(

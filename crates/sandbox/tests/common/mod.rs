@@ -1,0 +1,294 @@
+//! Shared set-up for the sandbox's integration tests: a busybox rootfs in a tempdir, a sandbox
+//! with a unique cgroup parent, an output sink that records lines, and the checks that nothing
+//! is left behind.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use wharf_sandbox::{
+    InstanceSpec, OutputSink, RuntimePreference, Sandbox, SandboxConfig, Stream, User,
+};
+
+pub const BUSYBOX: &str = "/usr/bin/busybox";
+
+/// `None` (and a "skipped" line) when these tests cannot run here.
+pub fn can_run() -> bool {
+    if !rustix::process::geteuid().is_root() {
+        println!("skipped: needs root");
+        return false;
+    }
+    if !Path::new(BUSYBOX).exists() {
+        println!("skipped: needs {BUSYBOX} (busybox-static)");
+        return false;
+    }
+    true
+}
+
+/// Records every line with its stream.
+#[derive(Default)]
+pub struct Lines(pub Mutex<Vec<(String, Stream, String)>>);
+
+impl OutputSink for Lines {
+    fn write_line(&self, instance_id: &str, stream: Stream, line: &str) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((instance_id.to_owned(), stream, line.to_owned()));
+    }
+}
+
+impl Lines {
+    pub fn of(&self, stream: Stream) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, s, _)| *s == stream)
+            .map(|(_, _, l)| l.clone())
+            .collect()
+    }
+}
+
+/// Two layers: a base with busybox, accounts and a web root, and a top layer that replaces
+/// the index page (to prove the overlay's order).
+pub fn busybox_layers(dir: &Path) -> Vec<PathBuf> {
+    let base = dir.join("layer-base");
+    let top = dir.join("layer-top");
+    for d in ["bin", "etc", "www", "tmp", "home/app"] {
+        std::fs::create_dir_all(base.join(d)).unwrap();
+    }
+    std::fs::copy(BUSYBOX, base.join("bin/busybox")).unwrap();
+    for applet in [
+        "sh", "httpd", "id", "ps", "ls", "cat", "echo", "sleep", "pwd", "env", "dd", "grep", "wc",
+        "true", "false", "head",
+    ] {
+        std::os::unix::fs::symlink("busybox", base.join("bin").join(applet)).unwrap();
+    }
+    std::fs::write(
+        base.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1003:1003:app:/home/app:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(
+        base.join("etc/group"),
+        "root:x:0:\nstaff:x:50:app\napp:x:1003:\n",
+    )
+    .unwrap();
+    std::fs::write(base.join("www/index.html"), "from the base layer\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(base.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    std::fs::create_dir_all(top.join("www")).unwrap();
+    std::fs::write(top.join("www/index.html"), "hello from the top layer\n").unwrap();
+    vec![base, top]
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{prefix}-{}-{}-{nanos:x}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A sandbox in a temporary state directory, with a unique cgroup parent and busybox layers.
+pub struct Env {
+    /// Declared first: on a panic it cleans up before the tempdir is removed.
+    pub guard: PanicCleanup,
+    pub tmp: tempfile::TempDir,
+    pub sandbox: Sandbox,
+    pub parent: String,
+    pub layers: Vec<PathBuf>,
+    pub lines: Arc<Lines>,
+}
+
+/// When a test panics half-way, its instances are still running and mounted: recover them
+/// with a fresh sandbox (on its own thread and runtime, since this runs in `Drop`), so that a
+/// failing test does not leave containers, mounts or cgroups behind either.
+pub struct PanicCleanup {
+    pub state_dir: PathBuf,
+    pub parent: String,
+    pub runtime: RuntimePreference,
+}
+
+impl Drop for PanicCleanup {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let config = SandboxConfig {
+            state_dir: self.state_dir.clone(),
+            cgroup_parent: self.parent.clone(),
+            runtime: self.runtime,
+        };
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let sandbox = Sandbox::new(config).unwrap();
+                let report = sandbox.recover().await;
+                eprintln!("cleanup after panic: {report:?}");
+                sandbox.shutdown().await;
+            });
+        })
+        .join();
+    }
+}
+
+impl Env {
+    pub fn new(runtime: RuntimePreference) -> Env {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "wharf_sandbox=info".into()),
+            )
+            .with_test_writer()
+            .try_init();
+        let tmp = tempfile::tempdir().unwrap();
+        let parent = unique("wharf-test");
+        let layers = busybox_layers(tmp.path());
+        let sandbox = Sandbox::new(SandboxConfig {
+            state_dir: tmp.path().join("state"),
+            cgroup_parent: parent.clone(),
+            runtime,
+        })
+        .unwrap();
+        println!("runtime: {}", sandbox.runtime());
+        Env {
+            guard: PanicCleanup {
+                state_dir: tmp.path().join("state"),
+                parent: parent.clone(),
+                runtime,
+            },
+            tmp,
+            sandbox,
+            parent,
+            layers,
+            lines: Arc::new(Lines::default()),
+        }
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.tmp.path().join("state")
+    }
+
+    pub fn spec(&self, args: &[&str]) -> InstanceSpec {
+        InstanceSpec {
+            id: unique("i"),
+            layers: self.layers.clone(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env: vec![],
+            cwd: "/".into(),
+            user: User::Id { uid: 0, gid: 0 },
+            hostname: "fn".into(),
+            memory_limit_bytes: 64 << 20,
+            writable_layer_bytes: 16 << 20,
+            pids_limit: 32,
+            output: self.lines.clone(),
+        }
+    }
+
+    /// After every instance was stopped: nothing mounted under the state directory, no
+    /// instance cgroup. Then shutdown, and no parent cgroup either.
+    pub async fn finish(self) {
+        assert_no_mounts_under(&self.state_dir());
+        let leftovers = cgroup_dirs_named(&self.parent);
+        for dir in &leftovers {
+            let children: Vec<_> = std::fs::read_dir(dir)
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_type().unwrap().is_dir())
+                .map(|e| e.path())
+                .collect();
+            assert!(children.is_empty(), "instance cgroups left: {children:?}");
+        }
+        self.sandbox.shutdown().await;
+        let leftovers = cgroup_dirs_named(&self.parent);
+        assert!(leftovers.is_empty(), "parent cgroups left: {leftovers:?}");
+        let bundles: Vec<_> = std::fs::read_dir(self.state_dir().join("instances"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        assert!(bundles.is_empty(), "bundles left: {bundles:?}");
+        assert_no_zombie_children().await;
+    }
+}
+
+/// `/sys/fs/cgroup/*/<name>` (and `/sys/fs/cgroup/<name>` on a v2 host) that exist.
+pub fn cgroup_dirs_named(name: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let root = Path::new("/sys/fs/cgroup");
+    if root.join(name).exists() {
+        found.push(root.join(name));
+    }
+    for entry in std::fs::read_dir(root).unwrap().flatten() {
+        let dir = entry.path().join(name);
+        if dir.exists() {
+            found.push(dir);
+        }
+    }
+    found
+}
+
+/// Tests run in parallel in one process: a zombie of another test may exist for a moment
+/// before its watcher reaps it, so this waits (bounded) for none to be left.
+pub async fn assert_no_zombie_children() {
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let zombies = zombie_children();
+        if zombies.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < end, "zombie children: {zombies:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Zombie children of this process: `(pid, comm)`.
+pub fn zombie_children() -> Vec<(u32, String)> {
+    let me = std::process::id();
+    let mut zombies = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...
+        let Some((head, tail)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let mut fields = tail.split(' ');
+        let (state, ppid) = (fields.next(), fields.next());
+        if state == Some("Z") && ppid == Some(&me.to_string()) {
+            let (pid, comm) = head.split_once(" (").unwrap();
+            zombies.push((pid.parse().unwrap(), comm.to_owned()));
+        }
+    }
+    zombies
+}
+
+pub fn assert_no_mounts_under(dir: &Path) {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let dir = dir.to_string_lossy();
+    let mounts: Vec<_> = info.lines().filter(|l| l.contains(&*dir)).collect();
+    assert!(mounts.is_empty(), "mounts left: {mounts:#?}");
+}
+
+/// Wait (bounded) until `pid` is gone from the host.
+pub async fn assert_process_gone(pid: u32) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(Instant::now() < end, "process {pid} still exists");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
