@@ -24,7 +24,7 @@ use crate::error::{CleanupError, CleanupErrors, StartError};
 use crate::host::{CommandOutput, Host, RuntimeCommand};
 use crate::output::{OutputCapture, OutputPipes};
 use crate::rootfs::{self, InstancePaths};
-use crate::sandbox::{SandboxInner, valid_name};
+use crate::sandbox::{MAX_ID_BYTES, SandboxInner, valid_name};
 use crate::{Instance, InstanceSpec, StartTimings, spec, user};
 
 /// What has been done so far, to undo on failure.
@@ -54,11 +54,19 @@ pub(crate) async fn start(
 ) -> Result<Instance, StartError> {
     let started = Instant::now();
     let id = spec.id.clone();
-    if !valid_name(&id) {
+    if !valid_name(&id, MAX_ID_BYTES) {
         return Err(StartError::InvalidSpec {
             id,
-            reason: "the id must be 1-64 characters of [A-Za-z0-9_.-], not starting with '.'"
-                .into(),
+            reason: format!(
+                "the id must be 1-{MAX_ID_BYTES} characters of [A-Za-z0-9_.-], not starting with '.'"
+            ),
+        });
+    }
+    if spec.writable_layer_bytes == 0 {
+        // tmpfs would take size=0 as "unlimited".
+        return Err(StartError::InvalidSpec {
+            id,
+            reason: "writable_layer_bytes must be greater than 0".into(),
         });
     }
     if spec.layers.is_empty() {
@@ -153,7 +161,12 @@ async fn start_steps(
         cwd: if spec.cwd.is_empty() { "/" } else { &spec.cwd },
         uid: user.uid,
         gid: user.gid,
-        hostname: &spec.hostname,
+        // A new UTS namespace starts with the host's name: never leave it at that.
+        hostname: if spec.hostname.is_empty() {
+            id
+        } else {
+            &spec.hostname
+        },
         rootfs: &paths.rootfs,
         cgroups_path: crate::cgroup::CgroupLayout::cgroups_path(&sb.config.cgroup_parent, id),
         memory_limit_bytes: spec.memory_limit_bytes,

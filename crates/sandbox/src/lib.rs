@@ -148,7 +148,7 @@ pub trait OutputSink: Send + Sync + 'static {
 }
 
 pub struct InstanceSpec {
-    /// Unique among live instances of this sandbox; `[A-Za-z0-9_.-]`, at most 64 bytes.
+    /// Unique among live instances of this sandbox; `[A-Za-z0-9_.-]`, at most 128 bytes.
     pub id: String,
     /// Unpacked layer directories, **base layer first** (manifest order). They are stacked
     /// top-first as the overlay's `lowerdir` and never written to.
@@ -159,10 +159,12 @@ pub struct InstanceSpec {
     pub env: Vec<String>,
     pub cwd: String,
     pub user: User,
+    /// Empty = the instance id.
     pub hostname: String,
     /// 0 = no memory limit.
     pub memory_limit_bytes: u64,
     /// Size of the tmpfs that holds the overlay's upper layer (charged to the memory cgroup).
+    /// Must be greater than 0.
     pub writable_layer_bytes: u64,
     /// 0 or negative = no pids limit.
     pub pids_limit: i64,

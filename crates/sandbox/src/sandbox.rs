@@ -45,10 +45,15 @@ impl std::fmt::Debug for Sandbox {
     }
 }
 
+/// Longest cgroup parent name.
+pub(crate) const MAX_PARENT_BYTES: usize = 64;
+/// Longest instance id (a function name plus a suffix).
+pub(crate) const MAX_ID_BYTES: usize = 128;
+
 /// Names used as path components (cgroup parent, instance ids): no separators, no dot-dot.
-pub(crate) fn valid_name(name: &str) -> bool {
+pub(crate) fn valid_name(name: &str, max_bytes: usize) -> bool {
     !name.is_empty()
-        && name.len() <= 64
+        && name.len() <= max_bytes
         && !name.starts_with('.')
         && name
             .bytes()
@@ -74,10 +79,10 @@ impl Sandbox {
         config: SandboxConfig,
         host: Arc<dyn Host>,
     ) -> Result<Sandbox, SandboxError> {
-        if !valid_name(&config.cgroup_parent) {
+        if !valid_name(&config.cgroup_parent, MAX_PARENT_BYTES) {
             return Err(SandboxError::InvalidConfig {
                 reason: format!(
-                    "cgroup parent {:?} must be 1-64 characters of [A-Za-z0-9_.-], not starting with '.'",
+                    "cgroup parent {:?} must be 1-{MAX_PARENT_BYTES} characters of [A-Za-z0-9_.-], not starting with '.'",
                     config.cgroup_parent
                 ),
             });
@@ -176,10 +181,20 @@ mod tests {
 
     #[test]
     fn names() {
-        assert!(valid_name("wharf"));
-        assert!(valid_name("fn-hello_1.v2"));
-        for bad in ["", ".", "..", ".hidden", "a/b", "a b", &"x".repeat(65)] {
-            assert!(!valid_name(bad), "{bad:?}");
+        assert!(valid_name("wharf", MAX_PARENT_BYTES));
+        assert!(valid_name("fn-hello_1.v2", MAX_PARENT_BYTES));
+        assert!(valid_name(&"x".repeat(100), MAX_ID_BYTES));
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "a/b",
+            "a b",
+            "a:b",
+            &"x".repeat(65),
+        ] {
+            assert!(!valid_name(bad, MAX_PARENT_BYTES), "{bad:?}");
         }
     }
 }

@@ -112,8 +112,9 @@ async fn user_env_and_cwd(runtime: RuntimePreference) {
     let mut spec = env.spec(&[
         "sh",
         "-c",
-        "id; echo \"FOO=$FOO HOME=$HOME\"; pwd; echo written > /tmp/f && cat /tmp/f",
+        "id; echo \"FOO=$FOO HOME=$HOME\"; pwd; echo written > /tmp/f && cat /tmp/f; hostname",
     ]);
+    spec.hostname = String::new();
     spec.user = User::Named("app:staff".into());
     spec.env = vec!["FOO=bar baz".into()];
     spec.cwd = "/www".into();
@@ -127,6 +128,7 @@ async fn user_env_and_cwd(runtime: RuntimePreference) {
     assert_eq!(out[1], "FOO=bar baz HOME=/home/app");
     assert_eq!(out[2], "/www");
     assert_eq!(out[3], "written");
+    assert_eq!(out[4], id, "an empty hostname means the instance id");
     assert!(env.lines.0.lock().unwrap().iter().all(|(i, _, _)| *i == id));
     // The writable layer is the tmpfs: the shared layers are untouched.
     assert!(!env.layers[0].join("tmp/f").exists());
@@ -346,6 +348,35 @@ async fn crash_recovery(runtime: RuntimePreference) {
         layers,
         lines,
     };
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_specs_are_refused() {
+    if !can_run() {
+        return;
+    }
+    let env = Env::new(RuntimePreference::Runc);
+    let mut bad_id = env.spec(&["true"]);
+    bad_id.id = "../escape".into();
+    let mut no_layers = env.spec(&["true"]);
+    no_layers.layers.clear();
+    let mut no_args = env.spec(&[]);
+    no_args.args.clear();
+    let mut unlimited = env.spec(&["true"]);
+    unlimited.writable_layer_bytes = 0;
+    for spec in [bad_id, no_layers, no_args, unlimited] {
+        let err = env.sandbox.start(spec).await.unwrap_err();
+        assert!(matches!(err, StartError::InvalidSpec { .. }), "{err}");
+    }
+    // The same id twice.
+    let spec = env.spec(&["sleep", "5"]);
+    let mut twin = env.spec(&["sleep", "5"]);
+    twin.id = spec.id.clone();
+    let first = env.sandbox.start(spec).await.unwrap();
+    let err = env.sandbox.start(twin).await.unwrap_err();
+    assert!(matches!(err, StartError::AlreadyExists { .. }), "{err}");
+    first.stop(Duration::ZERO).await;
     env.finish().await;
 }
 

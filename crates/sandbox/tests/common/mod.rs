@@ -63,7 +63,7 @@ pub fn busybox_layers(dir: &Path) -> Vec<PathBuf> {
     std::fs::copy(BUSYBOX, base.join("bin/busybox")).unwrap();
     for applet in [
         "sh", "httpd", "id", "ps", "ls", "cat", "echo", "sleep", "pwd", "env", "dd", "grep", "wc",
-        "true", "false", "head",
+        "true", "false", "head", "hostname",
     ] {
         std::os::unix::fs::symlink("busybox", base.join("bin").join(applet)).unwrap();
     }
