@@ -40,6 +40,7 @@ both_runtimes!(
     http_through_the_connector,
     user_env_and_cwd,
     limits_in_the_cgroup,
+    oom_kill_is_reported,
     pid_namespace_is_private,
     exit_before_listening,
     deadline_when_nothing_listens,
@@ -180,6 +181,30 @@ async fn limits_in_the_cgroup(runtime: RuntimePreference) {
     assert!(!report.oom_killed);
     assert!(report.memory_peak_bytes.is_some());
     assert!(!limit.exists());
+    env.finish().await;
+}
+
+/// The writable layer is tmpfs, charged to the instance's memory cgroup: filling it past the
+/// memory limit gets a process OOM-killed, and the stop report says so.
+async fn oom_kill_is_reported(runtime: RuntimePreference) {
+    let env = Env::new(runtime);
+    let mut spec = env.spec(&[
+        "sh",
+        "-c",
+        "dd if=/dev/zero of=/tmp/big bs=1M count=64 2>/dev/null; echo dd-status=$?",
+    ]);
+    spec.memory_limit_bytes = 16 << 20;
+    spec.writable_layer_bytes = 128 << 20;
+    let inst = env.sandbox.start(spec).await.unwrap();
+    let exit = inst.exited().await;
+    let report = inst.stop(Duration::ZERO).await;
+    println!(
+        "{runtime:?}: {exit:?} {report:?} {:?}",
+        env.lines.of(Stream::Stdout)
+    );
+    assert!(report.oom_killed, "{report:?}");
+    let peak = report.memory_peak_bytes.unwrap();
+    assert!(peak <= 16 << 20 && peak > 8 << 20, "peak {peak}");
     env.finish().await;
 }
 
