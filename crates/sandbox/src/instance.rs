@@ -83,7 +83,9 @@ impl Instance {
     /// Wait for the init process to end.
     pub async fn exited(&self) -> ExitInfo {
         let mut exit = self.exit.clone();
-        match exit.wait_for(Option::is_some).await {
+        // Copy out of the watch guard at once: it must not live across an await (not Send).
+        let status = exit.wait_for(Option::is_some).await.map(|info| *info);
+        match status {
             Ok(info) => info.unwrap_or(ExitInfo::Signaled(libc::SIGKILL)),
             // The watcher never drops its sender without sending, except when the tokio
             // runtime shuts down; then nothing will ever report.

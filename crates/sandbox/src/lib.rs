@@ -228,3 +228,20 @@ pub enum NotListening {
     #[error("nothing listened within the deadline")]
     Deadline,
 }
+
+/// The pool spawns these futures on a multi-threaded runtime: they must stay `Send`.
+#[cfg(test)]
+#[allow(dead_code, clippy::let_underscore_future)]
+fn futures_are_send(sandbox: &Sandbox, instance: &Instance, spec: InstanceSpec) {
+    fn send<T: Send>(_: T) {}
+    send(sandbox.start(spec));
+    send(sandbox.recover());
+    send(sandbox.shutdown());
+    send(instance.connect(9000));
+    send(instance.wait_listening(9000, Duration::ZERO));
+    send(instance.exited());
+    send(instance.stop(Duration::ZERO));
+    fn sync<T: Send + Sync>() {}
+    sync::<Sandbox>();
+    sync::<Instance>();
+}

@@ -98,7 +98,8 @@ pub(crate) async fn wait_listening(
     let mut backoff = FIRST_BACKOFF;
     let mut exit = exit.clone();
     loop {
-        if let Some(info) = *exit.borrow() {
+        let status = *exit.borrow();
+        if let Some(info) = status {
             return Err(NotListening::Exited(info));
         }
         let remaining = end.saturating_duration_since(Instant::now());
@@ -132,7 +133,8 @@ pub(crate) async fn wait_listening(
         tokio::select! {
             _ = sleep => {}
             changed = exit.changed() => {
-                if changed.is_err() && exit.borrow().is_none() {
+                let gone = changed.is_err() && exit.borrow().is_none();
+                if gone {
                     // The watcher is gone without a status; keep polling until the deadline.
                     tokio::time::sleep(pause).await;
                 }
