@@ -1,0 +1,361 @@
+//! The registry client: `oci-client` for the HTTP and the `WWW-Authenticate` dance, with our own
+//! error mapping, re-authentication on 401/403, and a bound on manifest sizes.
+//!
+//! `oci-client` verifies manifest digests against the reference and streams blobs; it does not
+//! bound what it reads (a manifest is read whole), so we check sizes ourselves, and we verify blob
+//! digests and sizes again while streaming (see `blobs`), because a blob is written to disk before
+//! `oci-client`'s own check would fire at the end of the stream.
+
+use std::error::Error as _;
+use std::time::Duration;
+
+use bytes::Bytes;
+use oci_client::Client;
+use oci_client::RegistryOperation;
+use oci_client::client::{ClientConfig, ClientProtocol, SizedStream};
+use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::secrets::RegistryAuth as OciAuth;
+
+use crate::RegistryAuth;
+use crate::digest::Digest;
+use crate::error::{ImageError, human_bytes};
+use crate::manifest::ACCEPTED_MANIFEST_TYPES;
+use crate::reference::ImageReference;
+
+/// Largest manifest or index accepted (containerd uses the same bound). Manifests are read into
+/// memory, so an unbounded one would be a denial of service by the registry.
+pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
+/// How long to wait for a TCP (and TLS) connection to a registry.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a registry may stay silent in the middle of a response before the pull fails.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
+const USER_AGENT: &str = concat!("wharf/", env!("CARGO_PKG_VERSION"));
+
+/// What a request was for, to word errors.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Fetch<'a> {
+    Manifest,
+    Blob(&'a str),
+}
+
+/// A client for one repository of one registry, with one set of credentials.
+pub(crate) struct RegistryClient {
+    client: Client,
+    auth: OciAuth,
+    reference: ImageReference,
+    oci_ref: oci_client::Reference,
+}
+
+impl RegistryClient {
+    pub(crate) fn new(
+        reference: &ImageReference,
+        auth: &RegistryAuth,
+    ) -> Result<RegistryClient, ImageError> {
+        let protocol = if reference.is_loopback_registry() {
+            ClientProtocol::HttpsExcept(vec![reference.registry.clone()])
+        } else {
+            ClientProtocol::Https
+        };
+        let config = ClientConfig {
+            protocol,
+            platform_resolver: None,
+            connect_timeout: Some(CONNECT_TIMEOUT),
+            read_timeout: Some(READ_TIMEOUT),
+            user_agent: USER_AGENT,
+            ..ClientConfig::default()
+        };
+        let client = Client::try_from(config).map_err(|e| ImageError::Registry {
+            registry: reference.registry.clone(),
+            reference: reference.to_string(),
+            what: "the client set-up".into(),
+            detail: e.to_string(),
+        })?;
+        let auth = match auth {
+            RegistryAuth::Anonymous => OciAuth::Anonymous,
+            RegistryAuth::Basic { username, password } => {
+                OciAuth::Basic(username.clone(), password.clone())
+            }
+        };
+        Ok(RegistryClient {
+            client,
+            auth,
+            oci_ref: reference.to_oci(),
+            reference: reference.clone(),
+        })
+    }
+
+    /// Fetches a manifest or index by the reference's tag or digest, or by `digest`. Returns the
+    /// bytes and their sha256 digest, checked against the digest asked for.
+    pub(crate) async fn manifest(
+        &self,
+        digest: Option<&Digest>,
+    ) -> Result<(Bytes, Digest), ImageError> {
+        let target = match digest {
+            Some(d) => self.oci_ref.clone_with_digest(d.to_string()),
+            None => self.oci_ref.clone(),
+        };
+        let (bytes, _) = self
+            .with_reauth(|| {
+                self.client
+                    .pull_manifest_raw(&target, &self.auth, ACCEPTED_MANIFEST_TYPES)
+            })
+            .await
+            .map_err(|e| self.map_error(e, Fetch::Manifest))?;
+        if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+            return Err(ImageError::TooLarge {
+                subject: format!("image {}", self.reference),
+                what: "the manifest",
+                limit: human_bytes(MAX_MANIFEST_BYTES),
+                constant: "MAX_MANIFEST_BYTES",
+                hint: "this is not a normal image manifest",
+            });
+        }
+        let actual = Digest::of(&bytes);
+        let expected = digest.or(self.reference.digest.as_ref());
+        if let Some(expected) = expected.filter(|e| **e != actual) {
+            return Err(ImageError::Corrupt {
+                reference: self.reference.to_string(),
+                digest: expected.to_string(),
+                reason: format!("the registry sent a manifest whose digest is {actual}"),
+            });
+        }
+        Ok((bytes, actual))
+    }
+
+    /// Starts streaming a blob. The stream is verified by `blobs::BlobStore::write_stream`.
+    pub(crate) async fn blob(&self, digest: &Digest) -> Result<SizedStream, ImageError> {
+        self.with_reauth(|| self.client.pull_blob_stream(&self.oci_ref, digest.as_str()))
+            .await
+            .map_err(|e| self.map_error(e, Fetch::Blob(digest.as_str())))
+    }
+
+    /// Runs `op`; if the registry answers 401 or 403 (an expired or missing token), fetches a new
+    /// token and runs it once more.
+    async fn with_reauth<T, F, Fut>(&self, op: F) -> Result<T, OciDistributionError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, OciDistributionError>>,
+    {
+        match op().await {
+            Err(e) if auth_status(&e).is_some() => {
+                tracing::debug!(registry = %self.reference.registry, error = %e, "re-authenticating");
+                self.client
+                    .auth(&self.oci_ref, &self.auth, RegistryOperation::Pull)
+                    .await?;
+                op().await
+            }
+            result => result,
+        }
+    }
+
+    pub(crate) fn map_error(&self, err: OciDistributionError, fetch: Fetch<'_>) -> ImageError {
+        map_error(&self.reference, &self.auth, err, fetch)
+    }
+}
+
+/// The HTTP status an authentication/authorisation failure stands for, if `err` is one.
+fn auth_status(err: &OciDistributionError) -> Option<u16> {
+    match err {
+        OciDistributionError::UnauthorizedError { .. }
+        | OciDistributionError::AuthenticationFailure(_) => Some(401),
+        OciDistributionError::ServerError { code, .. } if *code == 401 || *code == 403 => {
+            Some(*code)
+        }
+        OciDistributionError::RegistryError { envelope, .. } => {
+            envelope.errors.iter().find_map(|e| match e.code {
+                OciErrorCode::Unauthorized => Some(401),
+                OciErrorCode::Denied => Some(403),
+                _ => None,
+            })
+        }
+        _ => None,
+    }
+}
+
+fn map_error(
+    reference: &ImageReference,
+    auth: &OciAuth,
+    err: OciDistributionError,
+    fetch: Fetch<'_>,
+) -> ImageError {
+    let registry = reference.registry.clone();
+    let not_found = || match fetch {
+        Fetch::Manifest => ImageError::NotFound {
+            reference: reference.to_string(),
+            registry: registry.clone(),
+        },
+        Fetch::Blob(digest) => ImageError::BlobNotFound {
+            reference: reference.to_string(),
+            registry: registry.clone(),
+            digest: digest.to_owned(),
+        },
+    };
+    if let Some(status) = auth_status(&err) {
+        let repository = reference.repository.clone();
+        return match auth {
+            OciAuth::Anonymous => ImageError::CredentialsRequired {
+                registry,
+                repository,
+                status,
+            },
+            _ => ImageError::Unauthorized {
+                registry,
+                repository,
+                status,
+            },
+        };
+    }
+    let what = match fetch {
+        Fetch::Manifest => "the manifest".to_owned(),
+        Fetch::Blob(d) => format!("blob {d}"),
+    };
+    let detail = match err {
+        OciDistributionError::RequestError(e) if e.is_connect() || e.is_timeout() => {
+            return ImageError::Unreachable {
+                registry,
+                reason: transport_reason(&e),
+            };
+        }
+        OciDistributionError::RequestError(e) => transport_reason(&e),
+        OciDistributionError::RegistryError { envelope, .. } => {
+            let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
+            if codes.iter().any(|c| {
+                matches!(
+                    c,
+                    OciErrorCode::ManifestUnknown
+                        | OciErrorCode::NameUnknown
+                        | OciErrorCode::NotFound
+                        | OciErrorCode::BlobUnknown
+                )
+            }) {
+                return not_found();
+            }
+            if codes.contains(&&OciErrorCode::Toomanyrequests) {
+                "it is rate-limiting this client (429); retry later or authenticate".to_owned()
+            } else {
+                envelope
+                    .errors
+                    .iter()
+                    .map(|e| format!("{:?}: {}", e.code, e.message))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            }
+        }
+        OciDistributionError::ServerError { code: 404, .. } => return not_found(),
+        OciDistributionError::ServerError { code, message, .. } => {
+            let message: String = message.trim().chars().take(200).collect();
+            format!("http status {code}: {message}")
+        }
+        OciDistributionError::DigestError(e) => {
+            return ImageError::Corrupt {
+                reference: reference.to_string(),
+                digest: match fetch {
+                    Fetch::Blob(d) => d.to_owned(),
+                    Fetch::Manifest => reference
+                        .digest
+                        .as_ref()
+                        .map_or_else(|| "(manifest)".to_owned(), ToString::to_string),
+                },
+                reason: e.to_string(),
+            };
+        }
+        other => other.to_string(),
+    };
+    ImageError::Registry {
+        registry,
+        reference: reference.to_string(),
+        what,
+        detail,
+    }
+}
+
+/// The innermost cause of a transport error, worded for people (`connection refused`).
+pub(crate) fn transport_reason(err: &reqwest::Error) -> String {
+    let mut innermost: &dyn std::error::Error = err;
+    let mut source = err.source();
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => return "connection refused".into(),
+                std::io::ErrorKind::ConnectionReset => return "connection reset".into(),
+                std::io::ErrorKind::TimedOut => return "connection timed out".into(),
+                _ => {}
+            }
+        }
+        innermost = s;
+        source = s.source();
+    }
+    if err.is_timeout() {
+        return "timed out".into();
+    }
+    innermost.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oci_client::errors::{OciEnvelope, OciError};
+
+    fn reference() -> ImageReference {
+        ImageReference::parse("127.0.0.1:5000/hello:latest").unwrap()
+    }
+
+    fn envelope(code: OciErrorCode) -> OciDistributionError {
+        OciDistributionError::RegistryError {
+            envelope: OciEnvelope {
+                errors: vec![OciError {
+                    code,
+                    message: "m".into(),
+                    detail: serde_json::Value::Null,
+                }],
+            },
+            url: "u".into(),
+        }
+    }
+
+    #[test]
+    fn unknown_tag_and_repository_are_not_found() {
+        for code in [OciErrorCode::ManifestUnknown, OciErrorCode::NameUnknown] {
+            let e = map_error(
+                &reference(),
+                &OciAuth::Anonymous,
+                envelope(code),
+                Fetch::Manifest,
+            );
+            assert!(matches!(e, ImageError::NotFound { .. }), "{e}");
+        }
+        let e = map_error(
+            &reference(),
+            &OciAuth::Anonymous,
+            envelope(OciErrorCode::BlobUnknown),
+            Fetch::Blob("sha256:x"),
+        );
+        assert!(matches!(e, ImageError::BlobNotFound { .. }), "{e}");
+    }
+
+    #[test]
+    fn auth_failures_depend_on_whether_credentials_were_given() {
+        let unauthorized = || OciDistributionError::UnauthorizedError { url: "u".into() };
+        let e = map_error(
+            &reference(),
+            &OciAuth::Anonymous,
+            unauthorized(),
+            Fetch::Manifest,
+        );
+        assert!(e.to_string().contains("requires credentials"), "{e}");
+        let basic = OciAuth::Basic("u".into(), "p".into());
+        let e = map_error(&reference(), &basic, unauthorized(), Fetch::Manifest);
+        assert_eq!(
+            e.to_string(),
+            "registry 127.0.0.1:5000 refused the credentials for repository hello (401): check \
+             registry_auth"
+        );
+        let e = map_error(
+            &reference(),
+            &basic,
+            envelope(OciErrorCode::Denied),
+            Fetch::Manifest,
+        );
+        assert!(e.to_string().contains("(403)"), "{e}");
+    }
+}
