@@ -712,6 +712,15 @@ mod tests {
     }
 
     #[test]
+    fn pull_can_be_spawned() {
+        fn assert_send<T: Send + 'static>(_: &T) {}
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(dir.path()).unwrap();
+        let pull = async move { store.pull("x", &RegistryAuth::Anonymous).await };
+        assert_send(&pull);
+    }
+
+    #[test]
     fn get_needs_a_pinned_reference_and_is_none_when_absent() {
         let dir = tempfile::tempdir().unwrap();
         let store = ImageStore::open(dir.path()).unwrap();
