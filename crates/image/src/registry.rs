@@ -102,13 +102,7 @@ impl RegistryClient {
             .await
             .map_err(|e| self.map_error(e, Fetch::Manifest))?;
         if bytes.len() as u64 > MAX_MANIFEST_BYTES {
-            return Err(ImageError::TooLarge {
-                subject: format!("image {}", self.reference),
-                what: "the manifest",
-                limit: human_bytes(MAX_MANIFEST_BYTES),
-                constant: "MAX_MANIFEST_BYTES",
-                hint: "this is not a normal image manifest",
-            });
+            return Err(manifest_too_large(&self.reference));
         }
         let actual = Digest::of(&bytes);
         let expected = digest.or(self.reference.digest.as_ref());
@@ -150,6 +144,16 @@ impl RegistryClient {
 
     pub(crate) fn map_error(&self, err: OciDistributionError, fetch: Fetch<'_>) -> ImageError {
         map_error(&self.reference, &self.auth, err, fetch)
+    }
+}
+
+pub(crate) fn manifest_too_large(r: &ImageReference) -> ImageError {
+    ImageError::TooLarge {
+        subject: format!("image {r}"),
+        what: "the manifest",
+        limit: human_bytes(MAX_MANIFEST_BYTES),
+        constant: "MAX_MANIFEST_BYTES",
+        hint: "this is not a normal image manifest",
     }
 }
 

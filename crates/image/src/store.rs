@@ -16,7 +16,7 @@ use crate::manifest::{
 };
 use crate::platform::{TARGET_ARCHITECTURE, TARGET_OS, select_platform};
 use crate::reference::ImageReference;
-use crate::registry::{MAX_MANIFEST_BYTES, RegistryClient};
+use crate::registry::{MAX_MANIFEST_BYTES, RegistryClient, manifest_too_large};
 use crate::unpack::{UnpackError, UnpackLimits, unpack_layer};
 use crate::{Image, RegistryAuth, install_crypto_provider};
 
@@ -542,16 +542,6 @@ fn descriptor_size(
         digest: within.to_string(),
         reason: format!("a descriptor has the negative size {size}"),
     })
-}
-
-fn manifest_too_large(r: &ImageReference) -> ImageError {
-    ImageError::TooLarge {
-        subject: format!("image {r}"),
-        what: "the manifest",
-        limit: human_bytes(MAX_MANIFEST_BYTES),
-        constant: "MAX_MANIFEST_BYTES",
-        hint: "this is not a normal image manifest",
-    }
 }
 
 fn layer_too_large(digest: &Digest, limits: &UnpackLimits) -> ImageError {
