@@ -1,1 +1,200 @@
-//! TODO
+//! The function pool: per function, the instances and their states, which instance serves a
+//! request, when a new one starts, and when idle ones go away.
+//!
+//! Why it looks like this:
+//! - The hot path (a warm invocation) takes one short per-function `std` mutex to pop an idle
+//!   instance and one to push it back; there is no global lock and nothing is spawned. The map of
+//!   functions is read-locked only to find the function.
+//! - A cold start happens outside every lock, so one function's slow start never delays another
+//!   function's warm traffic.
+//! - Instances belong to a *revision* of their function. A redeploy installs a new revision: new
+//!   requests start new instances; instances of the old revision finish what they are doing and
+//!   are stopped when they are released.
+//! - Idle instances are reclaimed by one sweeper task for the whole pool — no timer per instance.
+//! - The pool knows what a function is; below it, the contract knows the wire and the sandbox
+//!   knows processes. The pool turns a function revision into an instance spec
+//!   ([`instance_spec`]) and an event into an answer ([`Pool::invoke`]).
+
+mod error;
+mod function;
+mod instance;
+pub mod instance_spec;
+mod invoke;
+mod reap;
+
+pub use error::{DeployError, InvokeError};
+pub use function::{FunctionLog, FunctionSpec};
+pub use invoke::Invocation;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use wharf_image::ImageStore;
+use wharf_sandbox::Sandbox;
+
+use crate::function::FunctionPool;
+
+/// Limits and timings of the pool. Defaults in [`PoolConfig::default`].
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    /// An instance with no request for this long is stopped (scale to zero).
+    pub idle_timeout: Duration,
+    /// Between SIGTERM and SIGKILL when an instance is stopped.
+    pub stop_grace: Duration,
+    /// How long a new instance may take to listen; `None`: the contract's deadline.
+    pub start_deadline: Option<Duration>,
+    /// Instances of one function at most (starting, busy and idle together).
+    pub max_instances: usize,
+    /// The writable layer (tmpfs over the image) of each instance. Its pages count against the
+    /// instance's memory limit.
+    pub writable_layer_bytes: u64,
+    /// Process limit of each instance.
+    pub pids_limit: i64,
+    /// Reported to functions as their region and account (`x-fc-region`, `x-fc-account-id`).
+    pub region: String,
+    pub account_id: String,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            idle_timeout: Duration::from_secs(300),
+            stop_grace: Duration::from_secs(5),
+            start_deadline: None,
+            max_instances: 100,
+            writable_layer_bytes: 512 * 1024 * 1024,
+            pids_limit: 1024,
+            region: "local".into(),
+            account_id: "wharf".into(),
+        }
+    }
+}
+
+/// All functions' instances on this node. Cheap to clone.
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<PoolInner>,
+}
+
+struct PoolInner {
+    sandbox: Sandbox,
+    images: ImageStore,
+    config: PoolConfig,
+    functions: RwLock<HashMap<String, Arc<FunctionPool>>>,
+    shutting_down: AtomicBool,
+}
+
+impl Pool {
+    /// A pool over `sandbox`, taking images from `images`. Starts the idle sweeper; must be called
+    /// inside a tokio runtime.
+    pub fn new(sandbox: Sandbox, images: ImageStore, config: PoolConfig) -> Pool {
+        let inner = Arc::new(PoolInner {
+            sandbox,
+            images,
+            config,
+            functions: RwLock::new(HashMap::new()),
+            shutting_down: AtomicBool::new(false),
+        });
+        reap::spawn_sweeper(Arc::downgrade(&inner));
+        Pool { inner }
+    }
+
+    pub fn config(&self) -> &PoolConfig {
+        &self.inner.config
+    }
+
+    /// Installs `spec` as the current revision of its function. New requests use it at once;
+    /// idle instances of an older revision are stopped now, busy ones when they finish.
+    pub fn deploy(&self, spec: FunctionSpec) -> Result<(), DeployError> {
+        let name = spec.name.clone();
+        let revision = function::Revision::new(spec, &self.inner.config)?;
+        let mut functions = self
+            .inner
+            .functions
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        match functions.get(&name) {
+            Some(fp) => {
+                let stale = fp.install(revision);
+                self.inner.stop_in_background(stale);
+            }
+            None => {
+                functions.insert(name, Arc::new(FunctionPool::new(revision)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the function: its idle instances are stopped before this returns, busy ones as
+    /// soon as their request ends. `false` if the pool did not know the function.
+    pub async fn remove(&self, name: &str) -> bool {
+        let fp = self
+            .inner
+            .functions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        let Some(fp) = fp else { return false };
+        let idle = fp.retire();
+        self.inner.stop_all(idle).await;
+        true
+    }
+
+    /// Stops every instance (in-flight requests fail) and releases the sandbox's host resources.
+    pub async fn shutdown(&self) {
+        self.inner.shutting_down.store(true, Ordering::SeqCst);
+        let all: Vec<_> = {
+            let functions = self
+                .inner
+                .functions
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            functions.values().flat_map(|fp| fp.retire_all()).collect()
+        };
+        self.inner.stop_all(all).await;
+        self.inner.sandbox.shutdown().await;
+    }
+
+    /// Per function: (instances alive, of which idle).
+    pub fn instance_counts(&self, name: &str) -> Option<(usize, usize)> {
+        let functions = self
+            .inner
+            .functions
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        functions.get(name).map(|fp| fp.counts())
+    }
+}
+
+impl PoolInner {
+    fn function(&self, name: &str) -> Option<Arc<FunctionPool>> {
+        self.functions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    fn stop_in_background(&self, instances: Vec<Arc<instance::PoolInstance>>) {
+        if instances.is_empty() {
+            return;
+        }
+        let grace = self.config.stop_grace;
+        tokio::spawn(async move {
+            for i in instances {
+                i.stop(grace).await;
+            }
+        });
+    }
+
+    async fn stop_all(&self, instances: Vec<Arc<instance::PoolInstance>>) {
+        let grace = self.config.stop_grace;
+        let mut set = tokio::task::JoinSet::new();
+        for i in instances {
+            set.spawn(async move { i.stop(grace).await });
+        }
+        while set.join_next().await.is_some() {}
+    }
+}

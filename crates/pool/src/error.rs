@@ -1,0 +1,100 @@
+//! What can go wrong when the pool deploys or invokes a function.
+
+use std::time::Duration;
+
+use wharf_image::ImageError;
+use wharf_sandbox::{ExitInfo, StartError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error("function {name} cannot be deployed: {reason}")]
+    Invalid { name: String, reason: String },
+}
+
+/// Why an invocation produced no answer from the function. Function errors (the function ran and
+/// reported a failure) are not errors here: they are an [`Outcome`](wharf_contract::Outcome) of
+/// a successful [`Invocation`](crate::Invocation).
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    #[error("function {name} does not exist")]
+    FunctionNotFound { name: String },
+    #[error("function {name}: its image is not available: {source}")]
+    Image {
+        name: String,
+        #[source]
+        source: Box<ImageError>,
+    },
+    #[error(
+        "function {name}: the image {image} has no ENTRYPOINT or CMD and the function sets no \
+         command: set `command` on the function"
+    )]
+    NoCommand { name: String, image: String },
+    #[error("function {name}: the instance could not be created: {source}")]
+    StartFailed {
+        name: String,
+        #[source]
+        source: Box<StartError>,
+    },
+    #[error("function {name}: {message}")]
+    NotStarted {
+        name: String,
+        port: u16,
+        message: String,
+    },
+    #[error("function {name}: the initializer failed on instance {instance}: {reason}")]
+    InitializeFailed {
+        name: String,
+        instance: String,
+        reason: String,
+        /// The instance was stopped (it asked to be restarted, or the hook timed out).
+        restarted: bool,
+    },
+    #[error(
+        "function {name} timed out after {timeout:?} on instance {instance}; the instance was \
+         stopped and will be replaced"
+    )]
+    Timeout {
+        name: String,
+        instance: String,
+        timeout: Duration,
+    },
+    #[error(
+        "function {name}: instance {instance} exited during the invocation ({exit}). Logs: {output}",
+        exit = exit.map(|e| format!("{e:?}")).unwrap_or_else(|| "no exit status".into())
+    )]
+    Crashed {
+        name: String,
+        instance: String,
+        exit: Option<ExitInfo>,
+        output: String,
+    },
+    #[error("function {name}: instance {instance} could not be reached: {reason}")]
+    Unreachable {
+        name: String,
+        instance: String,
+        reason: String,
+    },
+    #[error("function {name}: the response is larger than the limit of {limit} bytes")]
+    ResponseTooLarge { name: String, limit: usize },
+    #[error("function {name} has reached its maximum of {max} instances, all busy: retry later")]
+    TooManyInstances { name: String, max: usize },
+    #[error("wharf is shutting down")]
+    ShuttingDown,
+    #[error("internal error while invoking function {name}: {reason}")]
+    Internal { name: String, reason: String },
+}
+
+impl InvokeError {
+    /// Whether the instance that produced this error must not serve again.
+    pub(crate) fn kills_instance(&self) -> bool {
+        match self {
+            InvokeError::Timeout { .. }
+            | InvokeError::Crashed { .. }
+            | InvokeError::Unreachable { .. }
+            | InvokeError::ResponseTooLarge { .. }
+            | InvokeError::Internal { .. } => true,
+            InvokeError::InitializeFailed { restarted, .. } => *restarted,
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! A function as the pool sees it: its current revision and its instances.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use wharf_contract::{Contract, ContractKind, FunctionContext};
+use wharf_image::RegistryAuth;
+use wharf_sandbox::OutputSink;
+
+use crate::instance::PoolInstance;
+use crate::{DeployError, PoolConfig};
+
+/// Where a function's instances' output and the pool's notes about them go (the function's log).
+pub trait FunctionLog: OutputSink {
+    /// A line Wharf writes about an instance: started, exited, stopped.
+    fn system(&self, instance_id: &str, message: &str);
+}
+
+/// Everything the pool needs to run a function. Built by the API from the stored function.
+#[derive(Clone)]
+pub struct FunctionSpec {
+    pub name: String,
+    /// Increases with every update of the function.
+    pub revision: u64,
+    pub contract: ContractKind,
+    /// `None`: the contract's default port.
+    pub port: Option<u16>,
+    pub memory_mb: u32,
+    pub timeout: Duration,
+    pub env: BTreeMap<String, String>,
+    /// Replaces the image's ENTRYPOINT (and, unless `args` is set too, its CMD).
+    pub command: Option<Vec<String>>,
+    /// Replaces the image's CMD.
+    pub args: Option<Vec<String>>,
+    pub working_dir: Option<String>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub initializer_timeout: Option<Duration>,
+    /// The image reference pinned by digest.
+    pub image_pinned: String,
+    pub registry_auth: RegistryAuth,
+    pub log: Arc<dyn FunctionLog>,
+}
+
+impl std::fmt::Debug for FunctionSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FunctionSpec")
+            .field("name", &self.name)
+            .field("revision", &self.revision)
+            .field("contract", &self.contract)
+            .field("image_pinned", &self.image_pinned)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One revision of a function, with what is derived from it once.
+pub(crate) struct Revision {
+    pub spec: FunctionSpec,
+    pub contract: Arc<dyn Contract>,
+    pub context: FunctionContext,
+}
+
+impl Revision {
+    pub fn new(spec: FunctionSpec, config: &PoolConfig) -> Result<Arc<Revision>, DeployError> {
+        if spec.memory_mb == 0 || spec.timeout.is_zero() {
+            return Err(DeployError::Invalid {
+                name: spec.name.clone(),
+                reason: "memory and timeout must be greater than zero".into(),
+            });
+        }
+        let contract = wharf_contract::adapter(spec.contract);
+        let context = FunctionContext {
+            name: spec.name.clone(),
+            memory_mb: spec.memory_mb,
+            timeout: spec.timeout,
+            initializer_timeout: spec.initializer_timeout,
+            port: spec.port.unwrap_or_else(|| contract.default_port()),
+            qualifier: "LATEST".into(),
+            version: "LATEST".into(),
+            region: config.region.clone(),
+            account_id: config.account_id.clone(),
+        };
+        Ok(Arc::new(Revision {
+            spec,
+            contract,
+            context,
+        }))
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// Every started instance the pool has not decided to stop, by id.
+    members: HashMap<String, Arc<PoolInstance>>,
+    /// Ready instances with no request, most recently used last.
+    idle: Vec<Arc<PoolInstance>>,
+    /// Instances serving a request, or starting for one.
+    busy: usize,
+    /// Set when the function is removed (or the pool shuts down): released instances stop.
+    retired: bool,
+}
+
+pub(crate) struct FunctionPool {
+    revision: Mutex<Arc<Revision>>,
+    state: Mutex<State>,
+}
+
+/// What [`FunctionPool::acquire`] decided.
+pub(crate) enum Acquired {
+    /// A warm instance, now counted busy.
+    Warm(Arc<PoolInstance>),
+    /// No idle instance: a slot is reserved (counted busy) for a new instance of this revision.
+    Start(Arc<Revision>),
+}
+
+impl FunctionPool {
+    pub fn new(revision: Arc<Revision>) -> Self {
+        FunctionPool {
+            revision: Mutex::new(revision),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    pub fn revision(&self) -> Arc<Revision> {
+        self.revision
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Installs a new revision; returns the idle instances of older revisions, to be stopped.
+    pub fn install(&self, revision: Arc<Revision>) -> Vec<Arc<PoolInstance>> {
+        *self.revision.lock().unwrap_or_else(|e| e.into_inner()) = revision.clone();
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (keep, stale) = std::mem::take(&mut st.idle)
+            .into_iter()
+            .partition(|i| Arc::ptr_eq(&i.revision, &revision));
+        st.idle = keep;
+        st.evict(&stale);
+        stale
+    }
+
+    /// Takes a warm instance of the current revision, or reserves a slot for a new one. Idle
+    /// instances that exited on their own or belong to an older revision are returned in `dead`
+    /// for the caller to stop.
+    pub fn acquire(
+        &self,
+        max_instances: usize,
+        dead: &mut Vec<Arc<PoolInstance>>,
+    ) -> Result<Acquired, usize> {
+        let revision = self.revision();
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(i) = st.idle.pop() {
+            if !Arc::ptr_eq(&i.revision, &revision) || i.exited() {
+                st.members.remove(i.id());
+                dead.push(i);
+                continue;
+            }
+            st.busy += 1;
+            return Ok(Acquired::Warm(i));
+        }
+        if st.busy >= max_instances {
+            return Err(max_instances);
+        }
+        st.busy += 1;
+        Ok(Acquired::Start(revision))
+    }
+
+    /// Gives back a slot whose instance failed to start.
+    pub fn cancel_start(&self) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.busy -= 1;
+    }
+
+    /// Records a newly started instance (it stays counted busy until released). If the function
+    /// was retired meanwhile, the instance serves its request and its release stops it.
+    pub fn register(&self, instance: &Arc<PoolInstance>) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if !st.retired {
+            st.members
+                .insert(instance.id().to_string(), instance.clone());
+        }
+    }
+
+    /// Returns an instance after a request. `Some(instance)` if it must be stopped instead of
+    /// kept (older revision, function removed, or `healthy` is false).
+    pub fn release(&self, instance: Arc<PoolInstance>, healthy: bool) -> Option<Arc<PoolInstance>> {
+        let current = self.revision();
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.busy -= 1;
+        if !healthy || st.retired || !Arc::ptr_eq(&instance.revision, &current) || instance.exited()
+        {
+            st.members.remove(instance.id());
+            return Some(instance);
+        }
+        instance.touch();
+        st.idle.push(instance);
+        None
+    }
+
+    /// Marks the function removed; returns its idle instances. Busy ones stop when released.
+    pub fn retire(&self) -> Vec<Arc<PoolInstance>> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.retired = true;
+        let idle = std::mem::take(&mut st.idle);
+        st.evict(&idle);
+        idle
+    }
+
+    /// For shutdown: marks the function removed and returns every instance, busy ones included
+    /// (their requests fail; stopping is idempotent, so the release stopping them again is fine).
+    pub fn retire_all(&self) -> Vec<Arc<PoolInstance>> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.retired = true;
+        st.idle.clear();
+        st.members.drain().map(|(_, i)| i).collect()
+    }
+
+    /// Idle instances that have been idle longer than `idle_timeout` or have exited.
+    pub fn take_expired(&self, idle_timeout: Duration) -> Vec<Arc<PoolInstance>> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (expired, keep) = std::mem::take(&mut st.idle)
+            .into_iter()
+            .partition(|i| i.exited() || i.idle_for() >= idle_timeout);
+        st.idle = keep;
+        st.evict(&expired);
+        expired
+    }
+
+    /// (alive, idle)
+    pub fn counts(&self) -> (usize, usize) {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        (st.busy + st.idle.len(), st.idle.len())
+    }
+}
+
+impl State {
+    fn evict(&mut self, gone: &[Arc<PoolInstance>]) {
+        for i in gone {
+            self.members.remove(i.id());
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! An instance as the pool holds it: the sandboxed process, its keep-alive connection, whether
+//! its initialize hook has run, and when it was last used.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tracing::{debug, warn};
+use wharf_contract::ContractRequest;
+use wharf_sandbox::{Instance, NotListening};
+
+use crate::function::Revision;
+use crate::{InvokeError, PoolInner, instance_spec};
+
+/// Response headers an instance may send, at most; beyond it the response is refused.
+const MAX_RESPONSE_HEADERS: usize = 100;
+
+pub(crate) struct PoolInstance {
+    pub revision: Arc<Revision>,
+    instance: Instance,
+    conn: tokio::sync::Mutex<Option<SendRequest<Full<Bytes>>>>,
+    initialized: AtomicBool,
+    last_used: Mutex<Instant>,
+    requests: AtomicU64,
+    stopping: AtomicBool,
+}
+
+/// Why a request could not be exchanged with an instance.
+#[derive(Debug)]
+pub(crate) enum ExchangeError {
+    Connect(std::io::Error),
+    Http(hyper::Error),
+}
+
+impl std::fmt::Display for ExchangeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExchangeError::Connect(e) => write!(f, "cannot connect: {e}"),
+            ExchangeError::Http(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+async fn handshake(
+    stream: tokio::net::TcpStream,
+) -> Result<SendRequest<Full<Bytes>>, hyper::Error> {
+    let (sender, conn) = http1::Builder::new()
+        .max_headers(MAX_RESPONSE_HEADERS)
+        .handshake(TokioIo::new(stream))
+        .await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            debug!(error = %e, "instance connection ended");
+        }
+    });
+    Ok(sender)
+}
+
+fn random_suffix() -> String {
+    format!("{:010x}", rand::random::<u64>() & 0xff_ffff_ffff)
+}
+
+impl PoolInstance {
+    /// Starts a new instance of `revision` and waits until its server listens. Returns the
+    /// instance and how long the start took.
+    pub async fn start(
+        pool: &PoolInner,
+        revision: Arc<Revision>,
+    ) -> Result<(Arc<PoolInstance>, Duration), InvokeError> {
+        let t0 = Instant::now();
+        let spec = &revision.spec;
+        let name = &spec.name;
+        let image = match pool.images.get(&spec.image_pinned) {
+            Ok(Some(image)) => image,
+            Ok(None) => pool
+                .images
+                .pull(&spec.image_pinned, &spec.registry_auth)
+                .await
+                .map_err(|source| InvokeError::Image {
+                    name: name.clone(),
+                    source: Box::new(source),
+                })?,
+            Err(source) => {
+                return Err(InvokeError::Image {
+                    name: name.clone(),
+                    source: Box::new(source),
+                });
+            }
+        };
+        let id = format!("{name}-{}", random_suffix());
+        let instance_spec = instance_spec::build(&revision, &image, &pool.config, &id)?;
+        let instance =
+            pool.sandbox
+                .start(instance_spec)
+                .await
+                .map_err(|source| InvokeError::StartFailed {
+                    name: name.clone(),
+                    source: Box::new(source),
+                })?;
+        let port = revision.context.port;
+        let deadline = pool
+            .config
+            .start_deadline
+            .unwrap_or_else(|| revision.contract.start_deadline());
+        let stream = match instance.wait_listening(port, deadline).await {
+            Ok(stream) => stream,
+            Err(why) => {
+                let output = instance.recent_output();
+                let message = match why {
+                    NotListening::Exited(exit) => format!(
+                        "the instance exited ({exit:?}) before its server listened on port \
+                         {port}. Logs: {}",
+                        if output.trim().is_empty() {
+                            "(the instance printed nothing)"
+                        } else {
+                            output.trim_end()
+                        }
+                    ),
+                    NotListening::Deadline => revision
+                        .contract
+                        .not_started_message(port, deadline, &output),
+                };
+                spec.log
+                    .system(&id, &format!("instance did not start: {message}"));
+                let report = instance.stop(pool.config.stop_grace).await;
+                for e in report.cleanup_errors {
+                    warn!(instance = %id, error = %e, "cleanup after a failed start");
+                }
+                return Err(InvokeError::NotStarted {
+                    name: name.clone(),
+                    port,
+                    message,
+                });
+            }
+        };
+        let sender = match handshake(stream).await {
+            Ok(s) => s,
+            Err(e) => {
+                instance.stop(pool.config.stop_grace).await;
+                return Err(InvokeError::Unreachable {
+                    name: name.clone(),
+                    instance: id,
+                    reason: e.to_string(),
+                });
+            }
+        };
+        let took = t0.elapsed();
+        spec.log.system(
+            &id,
+            &format!("instance started in {:.1} ms", took.as_secs_f64() * 1e3),
+        );
+        debug!(instance = %id, ms = took.as_secs_f64() * 1e3, "instance ready");
+        Ok((
+            Arc::new(PoolInstance {
+                revision,
+                instance,
+                conn: tokio::sync::Mutex::new(Some(sender)),
+                initialized: AtomicBool::new(false),
+                last_used: Mutex::new(Instant::now()),
+                requests: AtomicU64::new(0),
+                stopping: AtomicBool::new(false),
+            }),
+            took,
+        ))
+    }
+
+    pub fn id(&self) -> &str {
+        self.instance.id()
+    }
+
+    pub fn exited(&self) -> bool {
+        self.instance.exit_status().is_some()
+    }
+
+    pub fn sandbox(&self) -> &Instance {
+        &self.instance
+    }
+
+    pub fn initialized(&self) -> bool {
+        self.initialized.load(Ordering::Acquire)
+    }
+
+    pub fn set_initialized(&self) {
+        self.initialized.store(true, Ordering::Release);
+    }
+
+    pub fn touch(&self) {
+        *self.last_used.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
+    pub fn idle_for(&self) -> Duration {
+        self.last_used
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed()
+    }
+
+    pub fn count_request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sends `req` on the instance's keep-alive connection, opening a new one through the
+    /// instance's network namespace if the old one was closed.
+    pub async fn exchange(
+        &self,
+        req: ContractRequest,
+    ) -> Result<hyper::Response<Incoming>, ExchangeError> {
+        let fut = {
+            let mut conn = self.conn.lock().await;
+            let reusable = match conn.as_mut() {
+                Some(s) if !s.is_closed() => s.ready().await.is_ok(),
+                _ => false,
+            };
+            if !reusable {
+                let stream = self
+                    .instance
+                    .connect(self.revision.context.port)
+                    .await
+                    .map_err(ExchangeError::Connect)?;
+                *conn = Some(handshake(stream).await.map_err(ExchangeError::Http)?);
+            }
+            let sender = conn.as_mut().expect("a connection was just made");
+            sender.send_request(req)
+        };
+        fut.await.map_err(ExchangeError::Http)
+    }
+
+    /// Stops the instance (idempotent) and notes it in the function's log.
+    pub async fn stop(&self, grace: Duration) {
+        if self.stopping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let report = self.instance.stop(grace).await;
+        let log = &self.revision.spec.log;
+        let mut note = format!(
+            "instance stopped after {} request(s)",
+            self.requests.load(Ordering::Relaxed)
+        );
+        if let Some(exit) = report.exit {
+            note.push_str(&format!(", exit {exit:?}"));
+        }
+        if let Some(peak) = report.memory_peak_bytes {
+            note.push_str(&format!(", memory peak {} MB", peak / (1024 * 1024)));
+        }
+        if report.oom_killed {
+            note.push_str(", killed: out of memory");
+        }
+        log.system(self.id(), &note);
+        for e in report.cleanup_errors {
+            warn!(instance = %self.id(), error = %e, "instance cleanup");
+        }
+    }
+}

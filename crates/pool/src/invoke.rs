@@ -1,0 +1,280 @@
+//! One invocation: take (or start) an instance, run its initialize hook if it has not run yet,
+//! send the event, read the answer, give the instance back.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use wharf_contract::{HookOutcome, Outcome};
+
+use crate::function::{Acquired, FunctionPool};
+use crate::instance::{ExchangeError, PoolInstance};
+use crate::{InvokeError, Pool, PoolInner};
+
+/// Largest response body read from a function (FC's synchronous payload limit).
+pub const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
+/// How long to wait for the exit status of an instance whose connection broke, to tell a crash
+/// from a network problem.
+const CRASH_CHECK_WAIT: Duration = Duration::from_millis(200);
+
+/// The answer of a function to one invocation.
+#[derive(Debug)]
+pub struct Invocation {
+    pub request_id: String,
+    pub instance_id: String,
+    /// A new instance was started for this invocation.
+    pub cold_start: bool,
+    /// On a cold start: from deciding to start an instance to its server listening.
+    pub init_duration: Option<Duration>,
+    /// From sending the event to the end of the function's answer.
+    pub duration: Duration,
+    pub status: StatusCode,
+    /// The function's response headers that the contract lets through.
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub outcome: Outcome,
+}
+
+impl Pool {
+    /// Invokes function `name` with `event`. The work runs in its own task, so a caller that goes
+    /// away (a client disconnecting) never leaves an instance half-started or a slot taken.
+    pub async fn invoke(
+        &self,
+        name: &str,
+        request_id: &str,
+        event: Bytes,
+    ) -> Result<Invocation, InvokeError> {
+        if self.inner.shutting_down.load(Ordering::SeqCst) {
+            return Err(InvokeError::ShuttingDown);
+        }
+        let fp = self
+            .inner
+            .function(name)
+            .ok_or_else(|| InvokeError::FunctionNotFound { name: name.into() })?;
+        let inner = self.inner.clone();
+        let request_id = request_id.to_string();
+        let task = tokio::spawn(async move { invoke(&inner, &fp, request_id, event).await });
+        task.await.unwrap_or_else(|e| {
+            Err(InvokeError::Internal {
+                name: name.into(),
+                reason: e.to_string(),
+            })
+        })
+    }
+}
+
+async fn invoke(
+    pool: &PoolInner,
+    fp: &FunctionPool,
+    request_id: String,
+    event: Bytes,
+) -> Result<Invocation, InvokeError> {
+    let mut dead = Vec::new();
+    let acquired = fp.acquire(pool.config.max_instances, &mut dead);
+    pool.stop_in_background(dead);
+    let (instance, init_duration) = match acquired {
+        Ok(Acquired::Warm(i)) => (i, None),
+        Ok(Acquired::Start(revision)) => match PoolInstance::start(pool, revision).await {
+            Ok((i, took)) => {
+                fp.register(&i);
+                (i, Some(took))
+            }
+            Err(e) => {
+                fp.cancel_start();
+                return Err(e);
+            }
+        },
+        Err(max) => {
+            return Err(InvokeError::TooManyInstances {
+                name: fp.revision().spec.name.clone(),
+                max,
+            });
+        }
+    };
+    let result = serve(&instance, &request_id, event).await;
+    let keep = match &result {
+        Ok(_) => !pool.config.idle_timeout.is_zero(),
+        Err(e) => !e.kills_instance(),
+    };
+    if let Some(gone) = fp.release(instance.clone(), keep) {
+        pool.stop_in_background(vec![gone]);
+    }
+    result.map(|mut inv| {
+        inv.cold_start = init_duration.is_some();
+        inv.init_duration = init_duration;
+        inv
+    })
+}
+
+async fn serve(
+    instance: &Arc<PoolInstance>,
+    request_id: &str,
+    event: Bytes,
+) -> Result<Invocation, InvokeError> {
+    let revision = &instance.revision;
+    let name = &revision.spec.name;
+    if let Some(init_timeout) = revision.context.initializer_timeout
+        && !instance.initialized()
+    {
+        initialize(instance, request_id, init_timeout).await?;
+    }
+    let req = revision
+        .contract
+        .invoke_request(&revision.context, request_id, event);
+    let t0 = Instant::now();
+    let exchange = async {
+        let resp = instance.exchange(req).await?;
+        let (parts, body) = resp.into_parts();
+        let body = Limited::new(body, MAX_RESPONSE_BYTES)
+            .collect()
+            .await
+            .map_err(BodyError)?;
+        Ok::<_, ExchangeOrBody>((parts, body.to_bytes()))
+    };
+    let (parts, body) = match tokio::time::timeout(revision.spec.timeout, exchange).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(ExchangeOrBody::Exchange(e))) => return Err(broken(instance, e).await),
+        Ok(Err(ExchangeOrBody::Body(e))) => {
+            return Err(if e.0.is::<http_body_util::LengthLimitError>() {
+                InvokeError::ResponseTooLarge {
+                    name: name.clone(),
+                    limit: MAX_RESPONSE_BYTES,
+                }
+            } else {
+                broken_reason(instance, e.0.to_string()).await
+            });
+        }
+        Err(_) => {
+            return Err(InvokeError::Timeout {
+                name: name.clone(),
+                instance: instance.id().to_string(),
+                timeout: revision.spec.timeout,
+            });
+        }
+    };
+    let duration = t0.elapsed();
+    instance.count_request();
+    let outcome = revision.contract.classify(parts.status, &parts.headers);
+    let mut headers = HeaderMap::with_capacity(parts.headers.len());
+    for (name, value) in &parts.headers {
+        if revision.contract.response_header_allowed(name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    Ok(Invocation {
+        request_id: request_id.to_string(),
+        instance_id: instance.id().to_string(),
+        cold_start: false,
+        init_duration: None,
+        duration,
+        status: parts.status,
+        headers,
+        body,
+        outcome,
+    })
+}
+
+/// Runs the contract's initialize hook on `instance` (once it succeeds, never again).
+async fn initialize(
+    instance: &Arc<PoolInstance>,
+    request_id: &str,
+    timeout: Duration,
+) -> Result<(), InvokeError> {
+    let revision = &instance.revision;
+    let Some(req) = revision
+        .contract
+        .initialize_request(&revision.context, request_id)
+    else {
+        instance.set_initialized();
+        return Ok(());
+    };
+    let failed = |reason: String, restarted: bool| InvokeError::InitializeFailed {
+        name: revision.spec.name.clone(),
+        instance: instance.id().to_string(),
+        reason,
+        restarted,
+    };
+    let call = async {
+        let resp = instance.exchange(req).await?;
+        let status = resp.status();
+        // Drain the body so the connection can be reused.
+        let _ = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
+            .collect()
+            .await;
+        Ok::<_, ExchangeError>(status)
+    };
+    let status = match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(status)) => status,
+        Ok(Err(e)) => return Err(broken(instance, e).await),
+        Err(_) => {
+            return Err(failed(
+                format!("the initialize hook did not answer within {timeout:?}"),
+                true,
+            ));
+        }
+    };
+    match revision.contract.classify_hook(status) {
+        HookOutcome::Success => {
+            instance.set_initialized();
+            Ok(())
+        }
+        HookOutcome::Failed { status } => Err(failed(
+            format!(
+                "the initialize hook answered {status}; it is tried again on the next invocation"
+            ),
+            false,
+        )),
+        HookOutcome::Restart => Err(failed(
+            format!("the initialize hook answered {status}: the instance is restarted"),
+            true,
+        )),
+    }
+}
+
+struct BodyError(Box<dyn std::error::Error + Send + Sync>);
+
+enum ExchangeOrBody {
+    Exchange(ExchangeError),
+    Body(BodyError),
+}
+
+impl From<ExchangeError> for ExchangeOrBody {
+    fn from(e: ExchangeError) -> Self {
+        ExchangeOrBody::Exchange(e)
+    }
+}
+
+impl From<BodyError> for ExchangeOrBody {
+    fn from(e: BodyError) -> Self {
+        ExchangeOrBody::Body(e)
+    }
+}
+
+/// The connection to `instance` broke: a crash if the instance has exited, else unreachable.
+async fn broken(instance: &PoolInstance, e: ExchangeError) -> InvokeError {
+    broken_reason(instance, e.to_string()).await
+}
+
+async fn broken_reason(instance: &PoolInstance, reason: String) -> InvokeError {
+    let name = instance.revision.spec.name.clone();
+    let id = instance.id().to_string();
+    let exit = tokio::time::timeout(CRASH_CHECK_WAIT, instance.sandbox().exited())
+        .await
+        .ok();
+    match exit {
+        Some(exit) => InvokeError::Crashed {
+            name,
+            instance: id,
+            exit: Some(exit),
+            output: instance.sandbox().recent_output(),
+        },
+        None => InvokeError::Unreachable {
+            name,
+            instance: id,
+            reason,
+        },
+    }
+}
