@@ -1,1 +1,91 @@
-//! TODO
+//! Wharf's HTTP API: the control plane (`/v1/functions`), the invoke endpoint, and the logs.
+//!
+//! Handlers are thin: they validate, call the store, the image store and the pool, and map
+//! errors to HTTP in exactly one place ([`error`]). Every route but the health check requires the
+//! API token ([`auth`]). Body limits are set per route on purpose: 1 MiB for control requests,
+//! the contract's synchronous payload limit for events.
+
+pub mod auth;
+pub mod error;
+pub mod functions;
+pub mod invoke;
+pub mod logs;
+
+pub use error::ApiError;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware::from_fn_with_state;
+use axum::routing::{get, post};
+use http::StatusCode;
+use wharf_image::ImageStore;
+use wharf_pool::Pool;
+use wharf_store::{FunctionStore, LogStore};
+
+/// Largest control-plane request body.
+pub const MAX_CONTROL_BODY_BYTES: usize = 1024 * 1024;
+
+/// Everything the handlers share.
+pub struct App {
+    pub store: Arc<dyn FunctionStore>,
+    pub logs: Arc<LogStore>,
+    pub images: ImageStore,
+    pub pool: Pool,
+    pub token: String,
+}
+
+impl App {
+    pub fn new(
+        store: Arc<dyn FunctionStore>,
+        logs: Arc<LogStore>,
+        images: ImageStore,
+        pool: Pool,
+        token: String,
+    ) -> Arc<App> {
+        Arc::new(App {
+            store,
+            logs,
+            images,
+            pool,
+            token,
+        })
+    }
+
+    /// Hands every stored function to the pool, as after a restart. Returns how many.
+    pub fn restore(&self) -> Result<usize, ApiError> {
+        let records = self.store.list_functions()?;
+        for r in &records {
+            self.pool.deploy(functions::spec_of(self, r)?)?;
+        }
+        Ok(records.len())
+    }
+
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/v1/functions", get(functions::list))
+            .route(
+                "/v1/functions/{name}",
+                get(functions::get)
+                    .put(functions::put)
+                    .delete(functions::delete),
+            )
+            .route(
+                "/v1/functions/{name}/invoke",
+                post(invoke::invoke).layer(DefaultBodyLimit::max(invoke::MAX_EVENT_BYTES)),
+            )
+            .route("/v1/functions/{name}/logs", get(logs::get))
+            .route_layer(from_fn_with_state(self.clone(), auth::require_token))
+            .route("/v1/health", get(|| async { "ok\n" }))
+            .fallback(|| async {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    "no such API endpoint; the API lives under /v1/functions",
+                )
+            })
+            .layer(DefaultBodyLimit::max(MAX_CONTROL_BODY_BYTES))
+            .with_state(self.clone())
+    }
+}

@@ -1,0 +1,222 @@
+//! Every error that reaches a client is mapped to HTTP here, and only here: a status, a stable
+//! code, and a message that names the thing and what to do. The body is always
+//! `{"error":{"code":"...","message":"..."}}`.
+
+use axum::Json;
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use serde::Serialize;
+use wharf_image::{ImageError, ImageErrorKind};
+use wharf_pool::{DeployError, InvokeError};
+use wharf_store::StoreError;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Inner<'a>,
+}
+
+#[derive(Serialize)]
+struct Inner<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// A request field is missing or wrong.
+    pub fn invalid(field: &str, why: impl std::fmt::Display) -> Self {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "InvalidArgument",
+            format!("{field}: {why}"),
+        )
+    }
+
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            e.to_string(),
+        )
+    }
+
+    pub fn function_not_found(name: &str) -> Self {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "FunctionNotFound",
+            format!("function {name} does not exist (deploy it with PUT /v1/functions/{name})"),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Body {
+            error: Inner {
+                code: self.code,
+                message: &self.message,
+            },
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// Status and code of an image error at deploy time.
+fn image_status_code(kind: ImageErrorKind) -> (StatusCode, &'static str) {
+    use ImageErrorKind as K;
+    match kind {
+        K::InvalidReference => (StatusCode::BAD_REQUEST, "InvalidImageReference"),
+        K::NotFound => (StatusCode::BAD_REQUEST, "ImageNotFound"),
+        K::Unauthorized => (StatusCode::BAD_REQUEST, "RegistryUnauthorized"),
+        K::Unreachable => (StatusCode::BAD_GATEWAY, "RegistryUnreachable"),
+        K::Registry => (StatusCode::BAD_GATEWAY, "RegistryError"),
+        K::NoPlatform => (StatusCode::BAD_REQUEST, "ImagePlatformUnsupported"),
+        K::Corrupt => (StatusCode::BAD_GATEWAY, "ImageCorrupt"),
+        K::HostileLayer => (StatusCode::BAD_REQUEST, "ImageRejected"),
+        K::TooLarge => (StatusCode::BAD_REQUEST, "ImageTooLarge"),
+        K::Io => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
+    }
+}
+
+impl From<ImageError> for ApiError {
+    fn from(e: ImageError) -> Self {
+        let (status, code) = image_status_code(e.kind());
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+impl From<InvokeError> for ApiError {
+    fn from(e: InvokeError) -> Self {
+        let message = e.to_string();
+        let (status, code) = match &e {
+            InvokeError::FunctionNotFound { name } => return ApiError::function_not_found(name),
+            // At invoke time the image was fine at deploy: whatever fails now is upstream.
+            InvokeError::Image { source, .. } => {
+                (StatusCode::BAD_GATEWAY, image_status_code(source.kind()).1)
+            }
+            InvokeError::NoCommand { .. } => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "FunctionMisconfigured")
+            }
+            InvokeError::StartFailed { .. } => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "InstanceStartFailed")
+            }
+            InvokeError::NotStarted { .. } => (StatusCode::BAD_GATEWAY, "FunctionNotStarted"),
+            InvokeError::InitializeFailed { .. } => {
+                (StatusCode::BAD_GATEWAY, "FunctionInitializationFailed")
+            }
+            InvokeError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "FunctionTimeout"),
+            InvokeError::Crashed { .. } => (StatusCode::BAD_GATEWAY, "FunctionCrashed"),
+            InvokeError::Unreachable { .. } => (StatusCode::BAD_GATEWAY, "InstanceUnreachable"),
+            InvokeError::ResponseTooLarge { .. } => {
+                (StatusCode::BAD_GATEWAY, "FunctionResponseTooLarge")
+            }
+            InvokeError::TooManyInstances { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "ResourceExhausted")
+            }
+            InvokeError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "ShuttingDown"),
+            InvokeError::Internal { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
+        };
+        ApiError::new(status, code, message)
+    }
+}
+
+impl From<DeployError> for ApiError {
+    fn from(e: DeployError) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "InvalidArgument", e.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "state store");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            format!("the state store failed: {e}"),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn invoke_errors_map_to_status_and_code() {
+        let cases: Vec<(InvokeError, StatusCode, &str)> = vec![
+            (
+                InvokeError::FunctionNotFound { name: "f".into() },
+                StatusCode::NOT_FOUND,
+                "FunctionNotFound",
+            ),
+            (
+                InvokeError::NotStarted {
+                    name: "f".into(),
+                    port: 9000,
+                    message: "nothing listened on port 9000".into(),
+                },
+                StatusCode::BAD_GATEWAY,
+                "FunctionNotStarted",
+            ),
+            (
+                InvokeError::Timeout {
+                    name: "f".into(),
+                    instance: "i".into(),
+                    timeout: Duration::from_secs(1),
+                },
+                StatusCode::GATEWAY_TIMEOUT,
+                "FunctionTimeout",
+            ),
+            (
+                InvokeError::TooManyInstances {
+                    name: "f".into(),
+                    max: 3,
+                },
+                StatusCode::TOO_MANY_REQUESTS,
+                "ResourceExhausted",
+            ),
+            (
+                InvokeError::ShuttingDown,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ShuttingDown",
+            ),
+        ];
+        for (e, status, code) in cases {
+            let text = e.to_string();
+            let a = ApiError::from(e);
+            assert_eq!((a.status, a.code), (status, code), "{text}");
+            assert!(!a.message.is_empty());
+        }
+    }
+
+    #[tokio::test]
+    async fn body_has_the_error_shape() {
+        let resp = ApiError::invalid("memory_mb", "must be between 64 and 32768").into_response();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], "InvalidArgument");
+        assert_eq!(
+            v["error"]["message"],
+            "memory_mb: must be between 64 and 32768"
+        );
+    }
+}
