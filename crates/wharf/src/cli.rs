@@ -1,0 +1,167 @@
+//! Command-line arguments.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "wharf",
+    version,
+    about = "Run OCI container images as serverless functions on your own machines",
+    after_help = "Exit status of client commands: 0 success, 1 the function reported an error, \
+                  2 Wharf or the request failed."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Data directory: state, images, instances, logs and the API token
+    /// [default: $XDG_DATA_HOME/wharf or ~/.local/share/wharf]
+    #[arg(long, global = true, env = "WHARF_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The API of a running `wharf serve`
+    #[arg(
+        long,
+        global = true,
+        env = "WHARF_URL",
+        default_value = "http://127.0.0.1:9800"
+    )]
+    pub url: String,
+    /// API token (default: read from <data-dir>/api.token)
+    #[arg(long, global = true, env = "WHARF_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+impl Global {
+    /// `--data-dir`, else `$XDG_DATA_HOME/wharf`, else `~/.local/share/wharf`.
+    pub fn data_dir(&self) -> anyhow::Result<PathBuf> {
+        if let Some(d) = &self.data_dir {
+            return Ok(d.clone());
+        }
+        if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
+            return Ok(PathBuf::from(x).join("wharf"));
+        }
+        match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+            Some(home) => Ok(PathBuf::from(home).join(".local/share/wharf")),
+            None => anyhow::bail!("cannot choose a data directory: set --data-dir or $HOME"),
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the Wharf daemon (needs root)
+    Serve(ServeArgs),
+    /// Create or update a function from an image
+    Deploy(DeployArgs),
+    /// Invoke a function and print what it answered
+    Invoke(InvokeArgs),
+    /// List functions
+    Ls,
+    /// Show a function's configuration as JSON
+    Get { name: String },
+    /// Delete a function and stop its instances
+    Rm { name: String },
+    /// Print what a function's instances printed, newest last
+    Logs {
+        name: String,
+        /// How many lines
+        #[arg(long, default_value_t = 200)]
+        tail: usize,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RuntimeArg {
+    /// crun when it works on this host, else runc
+    Auto,
+    Crun,
+    Runc,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address of the API
+    #[arg(long, default_value = "127.0.0.1:9800")]
+    pub listen: SocketAddr,
+    /// OCI runtime
+    #[arg(long, value_enum, default_value = "auto")]
+    pub runtime: RuntimeArg,
+    /// Seconds an instance may stay idle before it is stopped
+    #[arg(long, default_value_t = 300)]
+    pub idle_timeout: u64,
+    /// Seconds between SIGTERM and SIGKILL when an instance is stopped
+    #[arg(long, default_value_t = 5)]
+    pub stop_grace: u64,
+    /// Seconds a new instance may take to listen [default: the contract's, 120 for fc]
+    #[arg(long)]
+    pub start_deadline: Option<u64>,
+    /// Name of the cgroup under which instances' cgroups are created
+    #[arg(long, default_value = "wharf")]
+    pub cgroup_parent: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    pub name: String,
+    /// Image reference, e.g. 127.0.0.1:5000/hello:latest (resolved to a digest and pinned)
+    #[arg(long)]
+    pub image: String,
+    /// Contract the image speaks
+    #[arg(long, default_value = "fc")]
+    pub contract: String,
+    /// Memory limit in MB
+    #[arg(long)]
+    pub memory: Option<u32>,
+    /// Timeout in seconds
+    #[arg(long)]
+    pub timeout: Option<u32>,
+    /// Environment variable, KEY=VALUE (repeatable)
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Port the function's server listens on (default: the contract's)
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Replace the image's ENTRYPOINT (repeat for each word)
+    #[arg(long = "command", value_name = "WORD")]
+    pub command: Vec<String>,
+    /// Replace the image's CMD (repeat for each argument)
+    #[arg(long = "arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub args: Vec<String>,
+    /// Working directory inside the instance
+    #[arg(long)]
+    pub working_dir: Option<String>,
+    #[arg(long)]
+    pub uid: Option<u32>,
+    #[arg(long)]
+    pub gid: Option<u32>,
+    /// Call the contract's initialize hook once per instance, with this timeout in seconds
+    #[arg(long, value_name = "SECONDS")]
+    pub initializer_timeout: Option<u32>,
+    /// Registry user name (with --registry-password or $WHARF_REGISTRY_PASSWORD)
+    #[arg(long)]
+    pub registry_user: Option<String>,
+    #[arg(long, env = "WHARF_REGISTRY_PASSWORD", hide_env_values = true)]
+    pub registry_password: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct InvokeArgs {
+    pub name: String,
+    /// The event
+    #[arg(long, conflicts_with = "file")]
+    pub data: Option<String>,
+    /// Read the event from a file (`-` for standard input)
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    /// Print the request id, instance, cold start and duration to standard error
+    #[arg(long, short)]
+    pub verbose: bool,
+}

@@ -1,0 +1,316 @@
+//! The client commands: each is one or two calls to the API of a running `wharf serve`.
+
+use std::io::{IsTerminal, Read, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use reqwest::{Method, Response, StatusCode};
+use serde_json::{Value, json};
+
+use crate::cli::{Command, DeployArgs, Global, InvokeArgs};
+
+/// Exit status when the function ran and reported an error.
+const EXIT_FUNCTION_ERROR: u8 = 1;
+/// Exit status when Wharf (or the request) failed.
+const EXIT_WHARF_ERROR: u8 = 2;
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Client {
+    fn new(global: &Global) -> anyhow::Result<Client> {
+        let token = match &global.token {
+            Some(t) => t.clone(),
+            None => {
+                let path = global.data_dir()?.join(wharf_api::auth::TOKEN_FILE);
+                std::fs::read_to_string(&path)
+                    .with_context(|| {
+                        format!(
+                            "cannot read the API token {} (is `wharf serve` running with this \
+                             data directory? pass --data-dir or set WHARF_TOKEN)",
+                            path.display()
+                        )
+                    })?
+                    .trim()
+                    .to_string()
+            }
+        };
+        Ok(Client {
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .build()?,
+            base: global.url.trim_end_matches('/').to_string(),
+            token,
+        })
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> anyhow::Result<Response> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.http.request(method, &url).bearer_auth(&self.token);
+        if let Some(body) = body {
+            req = req.body(body);
+        }
+        req.send().await.with_context(|| {
+            format!(
+                "cannot reach Wharf at {} (is `wharf serve` running? see --url)",
+                self.base
+            )
+        })
+    }
+}
+
+/// The API's error body, as one line: `Code: message`.
+async fn api_error(resp: Response) -> anyhow::Error {
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    match serde_json::from_str::<Value>(&text) {
+        Ok(v) if v["error"]["code"].is_string() => anyhow::anyhow!(
+            "{}: {}",
+            v["error"]["code"].as_str().unwrap_or_default(),
+            v["error"]["message"].as_str().unwrap_or_default()
+        ),
+        _ => anyhow::anyhow!("HTTP {status}: {}", text.trim()),
+    }
+}
+
+pub async fn run(global: Global, command: Command) -> anyhow::Result<ExitCode> {
+    let client = Client::new(&global)?;
+    match command {
+        Command::Serve(_) => unreachable!("serve is not a client command"),
+        Command::Deploy(args) => deploy(&client, args).await,
+        Command::Invoke(args) => invoke(&client, args).await,
+        Command::Ls => ls(&client).await,
+        Command::Get { name } => get(&client, &name).await,
+        Command::Rm { name } => rm(&client, &name).await,
+        Command::Logs { name, tail } => logs(&client, &name, tail).await,
+    }
+}
+
+fn spinner(message: String) -> Option<indicatif::ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        eprintln!("{message}");
+        return None;
+    }
+    let pb = indicatif::ProgressBar::new_spinner();
+    pb.set_message(message);
+    pb.enable_steady_tick(Duration::from_millis(100));
+    Some(pb)
+}
+
+async fn deploy(client: &Client, a: DeployArgs) -> anyhow::Result<ExitCode> {
+    let mut body = json!({ "image": a.image, "contract": a.contract });
+    let mut env = serde_json::Map::new();
+    for kv in &a.env {
+        let Some((k, v)) = kv.split_once('=') else {
+            bail!("--env {kv:?} must be KEY=VALUE");
+        };
+        env.insert(k.to_string(), Value::String(v.to_string()));
+    }
+    body["env"] = Value::Object(env);
+    if let Some(m) = a.memory {
+        body["memory_mb"] = json!(m);
+    }
+    if let Some(t) = a.timeout {
+        body["timeout_s"] = json!(t);
+    }
+    if let Some(p) = a.port {
+        body["port"] = json!(p);
+    }
+    if !a.command.is_empty() {
+        body["command"] = json!(a.command);
+    }
+    if !a.args.is_empty() {
+        body["args"] = json!(a.args);
+    }
+    if let Some(w) = a.working_dir {
+        body["working_dir"] = json!(w);
+    }
+    if let Some(u) = a.uid {
+        body["uid"] = json!(u);
+    }
+    if let Some(g) = a.gid {
+        body["gid"] = json!(g);
+    }
+    if let Some(t) = a.initializer_timeout {
+        body["initializer"] = json!({ "timeout_s": t });
+    }
+    match (a.registry_user, a.registry_password) {
+        (Some(u), Some(p)) => body["registry_auth"] = json!({ "username": u, "password": p }),
+        (None, None) => {}
+        _ => bail!("--registry-user and --registry-password go together"),
+    }
+    let pb = spinner(format!("deploying {} from {} ...", a.name, a.image));
+    let resp = client
+        .call(
+            Method::PUT,
+            &format!("/v1/functions/{}", a.name),
+            Some(serde_json::to_vec(&body)?),
+        )
+        .await;
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    let resp = resp?;
+    if !resp.status().is_success() {
+        return Err(api_error(resp).await);
+    }
+    let verb = if resp.status() == StatusCode::CREATED {
+        "created"
+    } else {
+        "updated"
+    };
+    let f: Value = resp.json().await?;
+    println!(
+        "{verb} function {} (revision {}): {} @ {}, contract {}, {} MB, timeout {} s",
+        f["name"].as_str().unwrap_or_default(),
+        f["revision"],
+        f["image"].as_str().unwrap_or_default(),
+        f["image_digest"].as_str().unwrap_or_default(),
+        f["contract"].as_str().unwrap_or_default(),
+        f["memory_mb"],
+        f["timeout_s"],
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn invoke(client: &Client, a: InvokeArgs) -> anyhow::Result<ExitCode> {
+    let event = match (&a.data, &a.file) {
+        (Some(d), _) => d.clone().into_bytes(),
+        (None, Some(f)) if f.as_os_str() == "-" => {
+            let mut buf = Vec::new();
+            std::io::stdin().read_to_end(&mut buf)?;
+            buf
+        }
+        (None, Some(f)) => std::fs::read(f)
+            .with_context(|| format!("cannot read the event file {}", f.display()))?,
+        (None, None) => Vec::new(),
+    };
+    let resp = client
+        .call(
+            Method::POST,
+            &format!("/v1/functions/{}/invoke", a.name),
+            Some(event),
+        )
+        .await?;
+    let header = |n: &str| {
+        resp.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let request_id = header("x-wharf-request-id").unwrap_or_default();
+    let function_error = header("x-wharf-function-error");
+    if a.verbose {
+        eprintln!(
+            "request {request_id} instance {} cold-start {} duration {} ms{}",
+            header("x-wharf-instance-id").unwrap_or_else(|| "-".into()),
+            header("x-wharf-cold-start").unwrap_or_else(|| "-".into()),
+            header("x-wharf-duration-ms").unwrap_or_else(|| "-".into()),
+            header("x-wharf-init-duration-ms")
+                .map(|d| format!(" init {d} ms"))
+                .unwrap_or_default(),
+        );
+    }
+    if header("x-wharf-instance-id").is_none() {
+        // No instance answered: the error is Wharf's.
+        let e = api_error(resp).await;
+        eprintln!("error: {e} (request {request_id})");
+        return Ok(ExitCode::from(EXIT_WHARF_ERROR));
+    }
+    let body = resp.bytes().await?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(&body)?;
+    if out.is_terminal() && !body.ends_with(b"\n") {
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    if let Some(reason) = function_error {
+        eprintln!("error: function error: {reason} (request {request_id})");
+        return Ok(ExitCode::from(EXIT_FUNCTION_ERROR));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn ls(client: &Client) -> anyhow::Result<ExitCode> {
+    let resp = client.call(Method::GET, "/v1/functions", None).await?;
+    if !resp.status().is_success() {
+        return Err(api_error(resp).await);
+    }
+    let v: Value = resp.json().await?;
+    let functions = v["functions"].as_array().cloned().unwrap_or_default();
+    println!(
+        "{:<24} {:<8} {:>7} {:>8}  {:<20} IMAGE",
+        "NAME", "CONTRACT", "MEMORY", "TIMEOUT", "DIGEST"
+    );
+    for f in functions {
+        let digest = f["image_digest"].as_str().unwrap_or_default();
+        println!(
+            "{:<24} {:<8} {:>4} MB {:>6} s  {:<20} {}",
+            f["name"].as_str().unwrap_or_default(),
+            f["contract"].as_str().unwrap_or_default(),
+            f["memory_mb"],
+            f["timeout_s"],
+            digest.get(..19).unwrap_or(digest),
+            f["image"].as_str().unwrap_or_default(),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn get(client: &Client, name: &str) -> anyhow::Result<ExitCode> {
+    let resp = client
+        .call(Method::GET, &format!("/v1/functions/{name}"), None)
+        .await?;
+    if !resp.status().is_success() {
+        return Err(api_error(resp).await);
+    }
+    let v: Value = resp.json().await?;
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn rm(client: &Client, name: &str) -> anyhow::Result<ExitCode> {
+    let resp = client
+        .call(Method::DELETE, &format!("/v1/functions/{name}"), None)
+        .await?;
+    if !resp.status().is_success() {
+        return Err(api_error(resp).await);
+    }
+    println!("deleted function {name}");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn logs(client: &Client, name: &str, tail: usize) -> anyhow::Result<ExitCode> {
+    let resp = client
+        .call(
+            Method::GET,
+            &format!("/v1/functions/{name}/logs?tail={tail}"),
+            None,
+        )
+        .await?;
+    if !resp.status().is_success() {
+        return Err(api_error(resp).await);
+    }
+    let v: Value = resp.json().await?;
+    let mut out = std::io::stdout().lock();
+    for e in v["entries"].as_array().into_iter().flatten() {
+        writeln!(
+            out,
+            "{} {} {:<6} {}",
+            e["time"].as_str().unwrap_or_default(),
+            e["instance"].as_str().unwrap_or_default(),
+            e["stream"].as_str().unwrap_or_default(),
+            e["message"].as_str().unwrap_or_default(),
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,141 @@
+//! `wharf serve`: open the data directory, wire the pieces, serve the API until SIGTERM/SIGINT,
+//! then stop every instance and release what the daemon holds on the host.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::info;
+use wharf_api::App;
+use wharf_image::ImageStore;
+use wharf_pool::{Pool, PoolConfig};
+use wharf_sandbox::{RuntimePreference, Sandbox, SandboxConfig};
+use wharf_store::{EmbeddedStore, LogStore};
+
+use crate::cli::{Global, RuntimeArg, ServeArgs};
+
+/// Written into the data directory while the daemon runs: the API's address, for tools.
+pub const ADDR_FILE: &str = "api.addr";
+
+pub async fn run(global: Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if !rustix::process::geteuid().is_root() {
+        bail!(
+            "wharf serve needs root: it mounts filesystems, creates cgroups and namespaces \
+             (run it with sudo)"
+        );
+    }
+    let data_dir = global.data_dir()?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&data_dir)
+        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    let _lock = lock_data_dir(&data_dir)?;
+
+    let token = wharf_api::auth::load_or_create_token(&data_dir)?;
+    let store = Arc::new(EmbeddedStore::open(&data_dir.join("state.db"))?);
+    let logs = Arc::new(LogStore::open(&data_dir.join("logs"))?);
+    let images = ImageStore::open(&data_dir)?;
+    let sandbox = Sandbox::new(SandboxConfig {
+        state_dir: data_dir.clone(),
+        cgroup_parent: args.cgroup_parent.clone(),
+        runtime: match args.runtime {
+            RuntimeArg::Auto => RuntimePreference::Auto,
+            RuntimeArg::Crun => RuntimePreference::Crun,
+            RuntimeArg::Runc => RuntimePreference::Runc,
+        },
+    })?;
+    let rt = sandbox.runtime();
+    info!(
+        runtime = ?rt.kind,
+        path = %rt.path.display(),
+        version = %rt.version,
+        "OCI runtime: {}",
+        rt.note
+    );
+    let recovered = sandbox.recover().await?;
+    if recovered.instances_removed > 0 {
+        info!(
+            count = recovered.instances_removed,
+            "cleaned up instances left by a previous run"
+        );
+    }
+    let pool = Pool::new(
+        sandbox,
+        images.clone(),
+        PoolConfig {
+            idle_timeout: Duration::from_secs(args.idle_timeout),
+            stop_grace: Duration::from_secs(args.stop_grace),
+            start_deadline: args.start_deadline.map(Duration::from_secs),
+            ..PoolConfig::default()
+        },
+    );
+    let app = App::new(store, logs, images, pool.clone(), token);
+    let restored = app.restore()?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    std::fs::write(data_dir.join(ADDR_FILE), format!("http://{addr}\n"))?;
+    info!(
+        data_dir = %data_dir.display(),
+        functions = restored,
+        "listening on http://{addr}"
+    );
+
+    let served = axum::serve(listener, app.router())
+        .with_graceful_shutdown(shutdown_signal())
+        .await;
+    info!("shutting down: stopping instances");
+    pool.shutdown().await;
+    let _ = std::fs::remove_file(data_dir.join(ADDR_FILE));
+    served.context("the API server failed")?;
+    info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// One daemon per data directory: a second one would fight the first over mounts and cgroups.
+fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
+    let path = dir.join("lock");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    if rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        let holder = std::fs::read_to_string(&path).unwrap_or_default();
+        bail!(
+            "another `wharf serve` (pid {}) uses the data directory {}: stop it, or use \
+             another --data-dir",
+            holder.trim(),
+            dir.display()
+        );
+    }
+    f.set_len(0)?;
+    write!(f, "{}", std::process::id())?;
+    Ok(f)
+}
