@@ -1,1 +1,230 @@
-fn main() {}
+//! `wharf-testfn`: the test function. A small FC-style HTTP server whose behaviour the tests
+//! steer through its environment (at start) and its events (per call). It is also the image the
+//! quickstart deploys as `hello`.
+//!
+//! Start-up, from the environment:
+//! - `TESTFN_PORT` (else `FC_SERVER_PORT`, else 9000): the port; `TESTFN_BIND` (default
+//!   `0.0.0.0`): the address.
+//! - `TESTFN_MODE=never-listen`: print a line and never listen; `exit`: print a line and exit 3.
+//! - `TESTFN_INIT_STATUS`: status `/initialize` answers (default 200).
+//!
+//! Events (`POST /invoke`, JSON):
+//! - `{"name": "x"}` → `Hello, x!`
+//! - `{"cmd": "headers"}` → the request headers as a JSON object
+//! - `{"cmd": "state"}` → counters (initialize, invoke, invokes before initialize), uid/gid,
+//!   cwd, pid, environment
+//! - `{"cmd": "status", "status": 404}` → that status
+//! - `{"cmd": "x-fc-status", "value": "404"}` → 200 with `x-fc-status: <value>`
+//! - `{"cmd": "sleep", "ms": 100}` → answers after sleeping
+//! - `{"cmd": "print", "stdout": "...", "stderr": "..."}` → prints them, answers `printed`
+//! - `{"cmd": "exit", "code": 3}` → exits without answering
+//! - anything else → echoed back
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+
+static INITS: AtomicU64 = AtomicU64::new(0);
+static INVOKES: AtomicU64 = AtomicU64::new(0);
+static INVOKES_BEFORE_INIT: AtomicU64 = AtomicU64::new(0);
+static INIT_HEADERS: Mutex<Option<BTreeMap<String, String>>> = Mutex::new(None);
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn complain(line: &str) {
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "{line}");
+    let _ = err.flush();
+}
+
+fn reply(status: u16, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r
+}
+
+fn headers_of(req: &Request<Incoming>) -> BTreeMap<String, String> {
+    req.headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                v.to_str().unwrap_or("<non-ascii>").to_string(),
+            )
+        })
+        .collect()
+}
+
+fn ids() -> (String, String) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or("?")
+            .to_string()
+    };
+    (field("Uid:"), field("Gid:"))
+}
+
+async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path().to_string();
+    let headers = headers_of(&req);
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    match path.as_str() {
+        "/initialize" => {
+            INITS.fetch_add(1, Ordering::SeqCst);
+            *INIT_HEADERS.lock().unwrap() = Some(headers);
+            say("testfn: initialize called");
+            let status = std::env::var("TESTFN_INIT_STATUS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(200);
+            Ok(reply(status, "initialized"))
+        }
+        "/invoke" => {
+            INVOKES.fetch_add(1, Ordering::SeqCst);
+            if INITS.load(Ordering::SeqCst) == 0 {
+                INVOKES_BEFORE_INIT.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(invoke(headers, body).await)
+        }
+        _ => Ok(reply(404, format!("testfn: no route for {path}"))),
+    }
+}
+
+async fn invoke(headers: BTreeMap<String, String>, body: Bytes) -> Response<Full<Bytes>> {
+    let event: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if let Some(name) = event.get("name").and_then(Value::as_str) {
+        return reply(200, format!("Hello, {name}!\n"));
+    }
+    match event.get("cmd").and_then(Value::as_str) {
+        Some("headers") => reply(200, json!(headers).to_string()),
+        Some("state") => {
+            let (uid, gid) = ids();
+            let env: BTreeMap<String, String> = std::env::vars().collect();
+            reply(
+                200,
+                json!({
+                    "initialize_calls": INITS.load(Ordering::SeqCst),
+                    "invoke_calls": INVOKES.load(Ordering::SeqCst),
+                    "invokes_before_initialize": INVOKES_BEFORE_INIT.load(Ordering::SeqCst),
+                    "initialize_headers": *INIT_HEADERS.lock().unwrap(),
+                    "uid": uid,
+                    "gid": gid,
+                    "pid": std::process::id(),
+                    "cwd": std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default(),
+                    "env": env,
+                })
+                .to_string(),
+            )
+        }
+        Some("status") => {
+            let status = event.get("status").and_then(Value::as_u64).unwrap_or(500) as u16;
+            reply(status, "failed on purpose\n")
+        }
+        Some("x-fc-status") => {
+            let value = event.get("value").and_then(Value::as_str).unwrap_or("404");
+            let mut r = reply(200, "reported through x-fc-status\n");
+            r.headers_mut().insert(
+                "x-fc-status",
+                http::HeaderValue::from_str(value).unwrap_or(http::HeaderValue::from_static("404")),
+            );
+            r
+        }
+        Some("sleep") => {
+            let ms = event.get("ms").and_then(Value::as_u64).unwrap_or(1000);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            reply(200, format!("slept {ms} ms\n"))
+        }
+        Some("print") => {
+            if let Some(s) = event.get("stdout").and_then(Value::as_str) {
+                say(s);
+            }
+            if let Some(s) = event.get("stderr").and_then(Value::as_str) {
+                complain(s);
+            }
+            reply(200, "printed\n")
+        }
+        Some("exit") => {
+            let code = event.get("code").and_then(Value::as_i64).unwrap_or(3) as i32;
+            say(&format!("testfn: exiting with {code} on request"));
+            std::process::exit(code);
+        }
+        _ => reply(200, body),
+    }
+}
+
+fn main() {
+    let mode = std::env::var("TESTFN_MODE").unwrap_or_default();
+    let port: u16 = std::env::var("TESTFN_PORT")
+        .or_else(|_| std::env::var("FC_SERVER_PORT"))
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(9000);
+    let bind = std::env::var("TESTFN_BIND").unwrap_or_else(|_| "0.0.0.0".into());
+    match mode.as_str() {
+        "never-listen" => {
+            say("testfn: told never to listen");
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+        "exit" => {
+            complain("testfn: told to exit at once");
+            std::process::exit(3);
+        }
+        _ => {}
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let addr: SocketAddr = format!("{bind}:{port}").parse().expect("address");
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
+        say(&format!("testfn: listening on {addr}"));
+        complain("testfn: this line goes to stderr");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
+        loop {
+            tokio::select! {
+                _ = term.recv() => {
+                    say("testfn: SIGTERM, exiting");
+                    std::process::exit(0);
+                }
+                accepted = listener.accept() => {
+                    let Ok((stream, _)) = accepted else { continue };
+                    tokio::spawn(async move {
+                        let _ = http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service_fn(handle))
+                            .await;
+                    });
+                }
+            }
+        }
+    });
+}

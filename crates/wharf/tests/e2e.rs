@@ -1,0 +1,526 @@
+//! Black-box tests of the whole system: a real registry on loopback, the test function image
+//! built and pushed by the test, the real `wharf` binary with a temporary data directory, a real
+//! OCI runtime, overlayfs, cgroups and namespaces. Deploy and invoke through the CLI and the API.
+
+use std::process::Output;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use wharf_test_support::assert_eventually;
+use wharf_test_support::daemon::{Wharf, WharfOptions};
+use wharf_test_support::registry::Registry;
+use wharf_test_support::testfn::push_testfn;
+
+const WHARF: &str = env!("CARGO_BIN_EXE_wharf");
+
+/// A registry with the test function pushed as `hello:latest`, and a daemon.
+struct Env {
+    registry: Registry,
+    wharf: Wharf,
+    image: String,
+    digest: String,
+}
+
+fn needs_root() -> bool {
+    if rustix::process::geteuid().is_root() {
+        return false;
+    }
+    eprintln!("skipped: needs root (wharf serve mounts filesystems and creates cgroups)");
+    true
+}
+
+async fn env(options: WharfOptions) -> Env {
+    let registry = Registry::start().expect("start the registry");
+    let digest = push_testfn(&registry.host(), "hello", "latest")
+        .await
+        .expect("push the test function");
+    let wharf = Wharf::start(WHARF.as_ref(), options).expect("start wharf serve");
+    let image = format!("{}/hello:latest", registry.host());
+    Env {
+        registry,
+        wharf,
+        image,
+        digest,
+    }
+}
+
+impl Env {
+    async fn deploy(&self, name: &str, body: Value) -> Value {
+        let resp = self
+            .wharf
+            .api(
+                "PUT",
+                &format!("/v1/functions/{name}"),
+                Some(body.to_string().into_bytes()),
+            )
+            .await;
+        assert!(
+            resp.status == 200 || resp.status == 201,
+            "deploy {name}: {} {}",
+            resp.status,
+            resp.text()
+        );
+        resp.json()
+    }
+
+    async fn invoke(&self, name: &str, event: Value) -> wharf_test_support::daemon::ApiResponse {
+        self.wharf
+            .api(
+                "POST",
+                &format!("/v1/functions/{name}/invoke"),
+                Some(event.to_string().into_bytes()),
+            )
+            .await
+    }
+
+    /// Stops the daemon and checks it left nothing on the host.
+    fn finish(mut self) {
+        self.wharf.stop().expect("stop wharf serve");
+        let left = self.wharf.leftovers();
+        assert!(left.is_empty(), "left behind: {left:#?}");
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Processes running inside instances of this daemon (in its instances' cgroups).
+fn instance_processes(w: &Wharf) -> usize {
+    let pid = w.pid();
+    w.leftovers()
+        .iter()
+        .filter(|l| l.starts_with("process"))
+        .filter(|l| pid.is_none_or(|p| !l.starts_with(&format!("process {p}:"))))
+        .filter(|l| !l.contains(" serve "))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_and_invoke_through_the_cli_and_the_api() {
+    if needs_root() {
+        return;
+    }
+    let env = env(WharfOptions::default()).await;
+    let w = &env.wharf;
+
+    let out = w.cli(&["deploy", "hello", "--image", &env.image, "--contract", "fc"]);
+    assert!(out.status.success(), "deploy: {}", stderr(&out));
+    assert!(stdout(&out).contains(&env.digest), "{}", stdout(&out));
+
+    let out = w.cli(&["invoke", "hello", "--data", r#"{"name":"wharf"}"#]);
+    assert!(out.status.success(), "invoke: {}", stderr(&out));
+    assert_eq!(stdout(&out), "Hello, wharf!\n");
+
+    // The stored function is pinned to the digest the tag had at deploy.
+    let f = w.api("GET", "/v1/functions/hello", None).await.json();
+    assert_eq!(f["image_digest"], env.digest.as_str());
+    assert_eq!(
+        f["image_pinned"],
+        format!("{}/hello@{}", env.registry.host(), env.digest)
+    );
+    assert_eq!(f["contract"], "fc");
+    assert_eq!(f["port"], 9000);
+    assert_eq!(f["memory_mb"], 128);
+    assert_eq!(f["timeout_s"], 60);
+    let list = w.api("GET", "/v1/functions", None).await.json();
+    assert_eq!(list["functions"][0]["name"], "hello");
+    let ls = w.cli(&["ls"]);
+    assert!(stdout(&ls).contains("hello"), "{}", stdout(&ls));
+
+    // The CLI's call left a warm instance: the API's call reuses it.
+    let first = env.invoke("hello", json!({"cmd": "headers"})).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(first.header("x-wharf-cold-start").as_deref(), Some("false"));
+    let request_id = first.header("x-wharf-request-id").expect("request id");
+    let instance = first.header("x-wharf-instance-id").expect("instance id");
+    assert!(first.header("x-wharf-duration-ms").is_some());
+    let headers = first.json();
+    assert_eq!(headers["x-fc-request-id"], request_id.as_str());
+    assert_eq!(headers["x-fc-function-name"], "hello");
+    assert_eq!(headers["x-fc-function-memory"], "128");
+    assert_eq!(headers["x-fc-function-timeout"], "60");
+    assert_eq!(headers["x-fc-control-path"], "/invoke");
+    assert_eq!(headers["x-fc-qualifier"], "LATEST");
+    assert_eq!(headers["content-type"], "application/octet-stream");
+
+    let second = env.invoke("hello", json!({"name": "again"})).await;
+    assert_eq!(second.text(), "Hello, again!\n");
+    assert_eq!(
+        second.header("x-wharf-cold-start").as_deref(),
+        Some("false")
+    );
+    assert_eq!(second.header("x-wharf-instance-id"), Some(instance));
+    assert_ne!(second.header("x-wharf-request-id"), Some(request_id));
+
+    // What the instance printed, both streams, newest last.
+    env.invoke(
+        "hello",
+        json!({"cmd": "print", "stdout": "to stdout 1", "stderr": "to stderr 2"}),
+    )
+    .await;
+    assert_eventually!({
+        let logs = w.api("GET", "/v1/functions/hello/logs", None).await.json();
+        let entries = logs["entries"].as_array().cloned().unwrap_or_default();
+        let pos = |msg: &str, stream: &str| {
+            entries
+                .iter()
+                .position(|e| e["message"] == msg && e["stream"] == stream)
+        };
+        matches!(
+            (pos("to stdout 1", "stdout"), pos("to stderr 2", "stderr")),
+            (Some(_), Some(_))
+        ) && pos("testfn: this line goes to stderr", "stderr").is_some()
+    });
+    let logs = w.cli(&["logs", "hello"]);
+    assert!(stdout(&logs).contains("to stderr 2"), "{}", stdout(&logs));
+
+    // Deleting the function stops its instance.
+    let out = w.cli(&["rm", "hello"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(instance_processes(w), 0, "{:#?}", w.leftovers());
+    let gone = w.api("GET", "/v1/functions/hello", None).await;
+    assert_eq!(gone.status, 404);
+    assert_eq!(gone.json()["error"]["code"], "FunctionNotFound");
+    env.finish();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initialize_runs_once_per_instance_before_the_first_invocation() {
+    if needs_root() {
+        return;
+    }
+    let env = env(WharfOptions::default()).await;
+    env.deploy(
+        "init",
+        json!({"image": env.image, "initializer": {"timeout_s": 5}}),
+    )
+    .await;
+    let first = env.invoke("init", json!({"cmd": "state"})).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(first.header("x-wharf-cold-start").as_deref(), Some("true"));
+    let s = first.json();
+    assert_eq!(s["initialize_calls"], 1);
+    assert_eq!(s["invokes_before_initialize"], 0);
+    assert_eq!(s["initialize_headers"]["x-fc-control-path"], "/initialize");
+    assert_eq!(s["initialize_headers"]["x-fc-initialization-timeout"], "5");
+
+    let again = env.invoke("init", json!({"cmd": "state"})).await.json();
+    assert_eq!(again["initialize_calls"], 1);
+    assert_eq!(again["invoke_calls"], 2);
+    assert_eq!(
+        again["pid"], s["pid"],
+        "a warm call goes to the same instance"
+    );
+
+    // While the warm instance is busy, a second call starts a second instance, which gets its
+    // own initialize call before its first invocation.
+    let (busy, other) = tokio::join!(
+        env.invoke("init", json!({"cmd": "sleep", "ms": 1500})),
+        async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            env.invoke("init", json!({"cmd": "state"})).await
+        }
+    );
+    assert_eq!(busy.status, 200, "{}", busy.text());
+    assert_eq!(other.header("x-wharf-cold-start").as_deref(), Some("true"));
+    assert_ne!(
+        other.header("x-wharf-instance-id"),
+        busy.header("x-wharf-instance-id")
+    );
+    let o = other.json();
+    assert_eq!(o["initialize_calls"], 1);
+    assert_eq!(o["invokes_before_initialize"], 0);
+    env.finish();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn function_errors_are_reported_as_function_errors() {
+    if needs_root() {
+        return;
+    }
+    let env = env(WharfOptions::default()).await;
+    env.deploy("errs", json!({"image": env.image})).await;
+
+    let r = env
+        .invoke("errs", json!({"cmd": "status", "status": 404}))
+        .await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.text(), "failed on purpose\n");
+    assert!(
+        r.header("x-wharf-function-error")
+            .is_some_and(|e| e.contains("404")),
+        "{:?}",
+        r.headers
+    );
+
+    let r = env
+        .invoke("errs", json!({"cmd": "x-fc-status", "value": "404"}))
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.header("x-wharf-function-error")
+            .is_some_and(|e| e.contains("x-fc-status")),
+        "{:?}",
+        r.headers
+    );
+    assert!(
+        r.header("x-fc-status").is_none(),
+        "x-fc-* headers are not passed on"
+    );
+
+    let ok = env.invoke("errs", json!({"name": "x"})).await;
+    assert!(ok.header("x-wharf-function-error").is_none());
+
+    // The CLI prints the body and exits 1 on a function error.
+    let out = env.wharf.cli(&[
+        "invoke",
+        "errs",
+        "--data",
+        r#"{"cmd":"status","status":404}"#,
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "failed on purpose\n");
+    assert!(stderr(&out).contains("function error"), "{}", stderr(&out));
+    env.finish();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_never_listens_is_function_not_started() {
+    if needs_root() {
+        return;
+    }
+    let env = env(WharfOptions {
+        extra: vec!["--start-deadline".into(), "2".into()],
+        ..WharfOptions::default()
+    })
+    .await;
+    env.deploy(
+        "mute",
+        json!({"image": env.image, "env": {"TESTFN_MODE": "never-listen"}}),
+    )
+    .await;
+    let r = env.invoke("mute", json!({})).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    let e = r.json();
+    assert_eq!(e["error"]["code"], "FunctionNotStarted");
+    let msg = e["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("port 9000"), "{msg}");
+    assert!(msg.contains("told never to listen"), "{msg}");
+    assert!(r.header("x-wharf-request-id").is_some());
+
+    // A server that exits at once fails as fast, saying so.
+    env.deploy(
+        "quitter",
+        json!({"image": env.image, "env": {"TESTFN_MODE": "exit"}}),
+    )
+    .await;
+    let r = env.invoke("quitter", json!({})).await;
+    let e = r.json();
+    assert_eq!(e["error"]["code"], "FunctionNotStarted", "{e}");
+    let msg = e["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("exited"), "{msg}");
+    assert!(msg.contains("told to exit at once"), "{msg}");
+
+    // The CLI names the error and exits 2.
+    let out = env.wharf.cli(&["invoke", "mute"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("FunctionNotStarted"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(instance_processes(&env.wharf), 0);
+    env.finish();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_deploys_get_clear_errors_and_change_nothing() {
+    if needs_root() {
+        return;
+    }
+    let env = env(WharfOptions::default()).await;
+    let w = &env.wharf;
+    let host = env.registry.host();
+    let put = |name: &str, body: Value| {
+        let path = format!("/v1/functions/{name}");
+        async move {
+            w.api("PUT", &path, Some(body.to_string().into_bytes()))
+                .await
+        }
+    };
+    let cases = [
+        (
+            "nope",
+            json!({"image": format!("{host}/missing:latest")}),
+            400,
+            "ImageNotFound",
+            "missing",
+        ),
+        (
+            "nope",
+            json!({"image": format!("{host}/hello:no-such-tag")}),
+            400,
+            "ImageNotFound",
+            "no-such-tag",
+        ),
+        (
+            "nope",
+            json!({"image": "127.0.0.1:1/hello:latest"}),
+            502,
+            "RegistryUnreachable",
+            "127.0.0.1:1",
+        ),
+        (
+            "nope",
+            json!({"image": "UPPER CASE/Bad::ref"}),
+            400,
+            "InvalidImageReference",
+            "UPPER CASE/Bad::ref",
+        ),
+        (
+            "1-bad-name",
+            json!({"image": env.image}),
+            400,
+            "InvalidArgument",
+            "name",
+        ),
+        (
+            "nope",
+            json!({"image": env.image, "memory_mb": 1}),
+            400,
+            "InvalidArgument",
+            "memory_mb",
+        ),
+        (
+            "nope",
+            json!({"image": env.image, "contract": "lambda"}),
+            400,
+            "InvalidArgument",
+            "not supported yet",
+        ),
+    ];
+    for (name, body, status, code, mention) in cases {
+        let r = put(name, body.clone()).await;
+        assert_eq!(r.status, status, "{body}: {}", r.text());
+        let e = r.json();
+        assert_eq!(e["error"]["code"], code, "{body}: {e}");
+        let msg = e["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(mention), "{body}: {msg}");
+    }
+    let r = w
+        .api("PUT", "/v1/functions/nope", Some(b"{not json".to_vec()))
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["code"], "InvalidArgument");
+
+    // Nothing was stored.
+    let list = w.api("GET", "/v1/functions", None).await.json();
+    assert_eq!(list["functions"], json!([]));
+
+    // The CLI says what went wrong and exits 2.
+    let out = w.cli(&[
+        "deploy",
+        "nope",
+        "--image",
+        &format!("{host}/missing:latest"),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("ImageNotFound"), "{}", stderr(&out));
+
+    // The token is required and checked.
+    let r = w.api_with_token("GET", "/v1/functions", None, None).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["error"]["code"], "Unauthorized");
+    let r = w
+        .api_with_token("GET", "/v1/functions", None, Some("wrong"))
+        .await;
+    assert_eq!(r.status, 401);
+    let mode = std::fs::metadata(w.data_dir().join("api.token"))
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
+        .unwrap();
+    assert_eq!(mode, 0o600);
+
+    let r = env.invoke("ghost", json!({})).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["error"]["code"], "FunctionNotFound");
+    env.finish();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn functions_survive_a_restart_and_a_crash_leaves_nothing_behind() {
+    if needs_root() {
+        return;
+    }
+    let mut env = env(WharfOptions::default()).await;
+    env.deploy("keep", json!({"image": env.image, "memory_mb": 256}))
+        .await;
+    let r = env.invoke("keep", json!({"name": "before"})).await;
+    assert_eq!(r.text(), "Hello, before!\n");
+
+    // A clean restart: instances stopped, function kept.
+    env.wharf.restart().expect("restart");
+    let f = env
+        .wharf
+        .api("GET", "/v1/functions/keep", None)
+        .await
+        .json();
+    assert_eq!(f["memory_mb"], 256);
+    assert_eq!(f["image_digest"], env.digest.as_str());
+    let r = env.invoke("keep", json!({"name": "after"})).await;
+    assert_eq!(r.text(), "Hello, after!\n");
+    assert_eq!(r.header("x-wharf-cold-start").as_deref(), Some("true"));
+
+    // A crash: the daemon dies with its instance running...
+    env.wharf.kill().expect("kill");
+    assert!(
+        !env.wharf.leftovers().is_empty(),
+        "a killed daemon leaves its instance running"
+    );
+    // ...and the next start cleans up what it left.
+    env.wharf.restart().expect("start after the crash");
+    assert_eq!(
+        instance_processes(&env.wharf),
+        0,
+        "{:#?}",
+        env.wharf.leftovers()
+    );
+    assert!(
+        env.wharf.log().contains("cleaned up"),
+        "{}",
+        env.wharf.log()
+    );
+    let r = env.invoke("keep", json!({"name": "again"})).await;
+    assert_eq!(r.text(), "Hello, again!\n");
+    env.finish();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_instances_are_stopped() {
+    if needs_root() {
+        return;
+    }
+    let env = env(WharfOptions {
+        idle_timeout_s: 1,
+        ..WharfOptions::default()
+    })
+    .await;
+    env.deploy("idle", json!({"image": env.image})).await;
+    let r = env.invoke("idle", json!({"name": "x"})).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(instance_processes(&env.wharf), 1);
+    assert_eventually!(instance_processes(&env.wharf) == 0);
+    let logs = env.wharf.cli(&["logs", "idle"]);
+    assert!(
+        stdout(&logs).contains("instance stopped after 1 request"),
+        "{}",
+        stdout(&logs)
+    );
+    let r = env.invoke("idle", json!({"name": "y"})).await;
+    assert_eq!(r.header("x-wharf-cold-start").as_deref(), Some("true"));
+    env.finish();
+}
