@@ -2,7 +2,7 @@
 //! then stop every instance and release what the daemon holds on the host.
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 use std::process::ExitCode;
@@ -29,6 +29,7 @@ pub async fn run(global: Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     if !rustix::process::geteuid().is_root() {
         bail!(
