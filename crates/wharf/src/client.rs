@@ -66,6 +66,20 @@ impl Client {
             )
         })
     }
+
+    /// [`call`](Client::call), with an API error turned into an error.
+    async fn call_ok(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> anyhow::Result<Response> {
+        let resp = self.call(method, path, body).await?;
+        if !resp.status().is_success() {
+            return Err(api_error(resp).await);
+        }
+        Ok(resp)
+    }
 }
 
 /// The API's error body, as one line: `Code: message`.
@@ -150,7 +164,7 @@ async fn deploy(client: &Client, a: DeployArgs) -> anyhow::Result<ExitCode> {
     }
     let pb = spinner(format!("deploying {} from {} ...", a.name, a.image));
     let resp = client
-        .call(
+        .call_ok(
             Method::PUT,
             &format!("/v1/functions/{}", a.name),
             Some(serde_json::to_vec(&body)?),
@@ -160,9 +174,6 @@ async fn deploy(client: &Client, a: DeployArgs) -> anyhow::Result<ExitCode> {
         pb.finish_and_clear();
     }
     let resp = resp?;
-    if !resp.status().is_success() {
-        return Err(api_error(resp).await);
-    }
     let verb = if resp.status() == StatusCode::CREATED {
         "created"
     } else {
@@ -241,10 +252,7 @@ async fn invoke(client: &Client, a: InvokeArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn ls(client: &Client) -> anyhow::Result<ExitCode> {
-    let resp = client.call(Method::GET, "/v1/functions", None).await?;
-    if !resp.status().is_success() {
-        return Err(api_error(resp).await);
-    }
+    let resp = client.call_ok(Method::GET, "/v1/functions", None).await?;
     let v: Value = resp.json().await?;
     let functions = v["functions"].as_array().cloned().unwrap_or_default();
     println!(
@@ -268,38 +276,29 @@ async fn ls(client: &Client) -> anyhow::Result<ExitCode> {
 
 async fn get(client: &Client, name: &str) -> anyhow::Result<ExitCode> {
     let resp = client
-        .call(Method::GET, &format!("/v1/functions/{name}"), None)
+        .call_ok(Method::GET, &format!("/v1/functions/{name}"), None)
         .await?;
-    if !resp.status().is_success() {
-        return Err(api_error(resp).await);
-    }
     let v: Value = resp.json().await?;
     println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(ExitCode::SUCCESS)
 }
 
 async fn rm(client: &Client, name: &str) -> anyhow::Result<ExitCode> {
-    let resp = client
-        .call(Method::DELETE, &format!("/v1/functions/{name}"), None)
+    client
+        .call_ok(Method::DELETE, &format!("/v1/functions/{name}"), None)
         .await?;
-    if !resp.status().is_success() {
-        return Err(api_error(resp).await);
-    }
     println!("deleted function {name}");
     Ok(ExitCode::SUCCESS)
 }
 
 async fn logs(client: &Client, name: &str, tail: usize) -> anyhow::Result<ExitCode> {
     let resp = client
-        .call(
+        .call_ok(
             Method::GET,
             &format!("/v1/functions/{name}/logs?tail={tail}"),
             None,
         )
         .await?;
-    if !resp.status().is_success() {
-        return Err(api_error(resp).await);
-    }
     let v: Value = resp.json().await?;
     let mut out = std::io::stdout().lock();
     for e in v["entries"].as_array().into_iter().flatten() {
