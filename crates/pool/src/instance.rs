@@ -149,6 +149,19 @@ impl PoolInstance {
                 });
             }
         };
+        let addresses = instance.listen_addresses(port);
+        if !addresses.is_empty() && addresses.iter().all(|a| a.is_loopback()) {
+            let message = format!(
+                "the server listens on {} port {port} only: Wharf reaches it, but the clouds                  connect from outside the instance and would not (FunctionNotStarted); listen                  on 0.0.0.0:{port}",
+                addresses
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            warn!(instance = %id, "{message}");
+            spec.log.system(&id, &message);
+        }
         let took = t0.elapsed();
         spec.log.system(
             &id,

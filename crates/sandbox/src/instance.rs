@@ -75,6 +75,17 @@ impl Instance {
         .await
     }
 
+    /// The addresses something listens on at `port` inside the instance (empty if nothing).
+    pub fn listen_addresses(&self, port: u16) -> Vec<std::net::IpAddr> {
+        let mut found = Vec::new();
+        for (table, v6) in [("tcp", false), ("tcp6", true)] {
+            if let Ok(text) = std::fs::read_to_string(format!("/proc/{}/net/{table}", self.pid)) {
+                found.extend(crate::listeners::parse_listeners(&text, port, v6));
+            }
+        }
+        found
+    }
+
     /// How the init process ended, once it has.
     pub fn exit_status(&self) -> Option<ExitInfo> {
         *self.exit.borrow()

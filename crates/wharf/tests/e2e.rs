@@ -290,7 +290,7 @@ async fn function_errors_are_reported_as_function_errors() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_server_that_never_listens_is_function_not_started() {
+async fn servers_that_do_not_listen_as_they_should_are_reported() {
     if needs_root() {
         return;
     }
@@ -335,6 +335,23 @@ async fn a_server_that_never_listens_is_function_not_started() {
         stderr(&out)
     );
     assert_eq!(instance_processes(&env.wharf), 0);
+
+    // A server bound to 127.0.0.1 works here, but would not on the clouds: the log says so.
+    env.deploy(
+        "local",
+        json!({"image": env.image, "env": {"TESTFN_BIND": "127.0.0.1"}}),
+    )
+    .await;
+    let r = env.invoke("local", json!({"name": "lo"})).await;
+    assert_eq!(r.text(), "Hello, lo!\n");
+    let logs = env.wharf.cli(&["logs", "local"]);
+    assert!(
+        stdout(&logs).contains("listens on 127.0.0.1 port 9000 only"),
+        "{}",
+        stdout(&logs)
+    );
+    let logs = env.wharf.cli(&["logs", "mute"]);
+    assert!(!stdout(&logs).contains("only"), "{}", stdout(&logs));
     env.finish();
 }
 
