@@ -6,6 +6,7 @@ use common::{Env, init_tracing, require_root};
 use wharf_image::{ImageErrorKind, ImageStore, RegistryAuth, UnpackLimits};
 use wharf_test_support::oci::{Blob, Entry, ImageBuilder, Layer, Pusher};
 use wharf_test_support::registry::Registry;
+use wharf_test_support::token_auth::TokenAuthRegistry;
 
 #[tokio::test]
 async fn unknown_tag_and_unknown_repository_are_not_found() -> anyhow::Result<()> {
@@ -277,5 +278,53 @@ async fn artifacts_are_not_images() -> anyhow::Result<()> {
     let err = env.pull("chart:latest").await.unwrap_err();
     assert_eq!(err.kind(), ImageErrorKind::Registry, "{err}");
     assert!(err.to_string().contains("helm"), "{err}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn bearer_token_auth_right_wrong_and_missing_credentials() -> anyhow::Result<()> {
+    if !require_root("bearer_token_auth_right_wrong_and_missing_credentials") {
+        return Ok(());
+    }
+    init_tracing();
+    let registry = TokenAuthRegistry::start("wharf", "t0ken-pass").await?;
+    let image = ImageBuilder::new()
+        .layer(Layer::new(vec![Entry::file("private", "behind a token")]))
+        .build()?;
+    Pusher::for_registry(registry.backend())
+        .push_image("team/app", "v1", &image)
+        .await?;
+    let host = registry.host();
+    let reference = format!("{host}/team/app:v1");
+    let dir = tempfile::tempdir()?;
+    let store = ImageStore::open(dir.path())?;
+
+    let right = RegistryAuth::Basic {
+        username: "wharf".into(),
+        password: "t0ken-pass".into(),
+    };
+    let pulled = store.pull(&reference, &right).await?;
+    assert_eq!(
+        std::fs::read_to_string(pulled.layers[0].join("private"))?,
+        "behind a token"
+    );
+    assert!(
+        registry.tokens_issued() >= 1,
+        "the pull went through the token realm"
+    );
+
+    let wrong = RegistryAuth::Basic {
+        username: "wharf".into(),
+        password: "guess".into(),
+    };
+    let err = store.pull(&reference, &wrong).await.unwrap_err();
+    assert_eq!(err.kind(), ImageErrorKind::Unauthorized, "{err}");
+    assert!(err.to_string().contains(&host), "{err}");
+
+    let err = store
+        .pull(&reference, &RegistryAuth::Anonymous)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ImageErrorKind::Unauthorized, "{err}");
     Ok(())
 }

@@ -2,6 +2,7 @@
 //!
 //! - [`registry`]: a real OCI registry (distribution) on loopback, killed on drop.
 //! - [`oci`]: building OCI / Docker images in memory and pushing them to a registry.
+//! - [`token_auth`]: a registry behind the bearer-token dance (challenge, realm, token).
 //! - [`testfn`]: the test function (`wharf-testfn`) packed as an image.
 //! - [`daemon`]: a real `wharf serve` with its own data directory, stopped on drop, and the
 //!   check for what it leaves on the host.
@@ -11,6 +12,7 @@ pub mod daemon;
 pub mod oci;
 pub mod registry;
 pub mod testfn;
+pub mod token_auth;
 
 use std::time::Duration;
 

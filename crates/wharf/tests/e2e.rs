@@ -10,6 +10,7 @@ use wharf_test_support::assert_eventually;
 use wharf_test_support::daemon::{Wharf, WharfOptions};
 use wharf_test_support::registry::Registry;
 use wharf_test_support::testfn::push_testfn;
+use wharf_test_support::token_auth::TokenAuthRegistry;
 
 const WHARF: &str = env!("CARGO_BIN_EXE_wharf");
 
@@ -540,4 +541,60 @@ async fn idle_instances_are_stopped() {
     let r = env.invoke("idle", json!({"name": "y"})).await;
     assert_eq!(r.header("x-wharf-cold-start").as_deref(), Some("true"));
     env.finish();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_registry_with_token_auth() {
+    if needs_root() {
+        return;
+    }
+    let registry = TokenAuthRegistry::start("team", "pa55")
+        .await
+        .expect("start the token-auth registry");
+    push_testfn(&registry.backend().host(), "team/hello", "v1")
+        .await
+        .expect("push the test function");
+    let w = Wharf::start(WHARF.as_ref(), WharfOptions::default()).expect("start wharf serve");
+    let image = format!("{}/team/hello:v1", registry.host());
+    let put = |body: Value| {
+        let w = &w;
+        async move {
+            w.api(
+                "PUT",
+                "/v1/functions/private",
+                Some(body.to_string().into_bytes()),
+            )
+            .await
+        }
+    };
+
+    let r = put(json!({"image": image})).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "RegistryUnauthorized");
+    let r = put(json!({"image": image, "registry_auth": {"username": "team", "password": "nope"}}))
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "RegistryUnauthorized");
+
+    let out = w.cli(&[
+        "deploy",
+        "private",
+        "--image",
+        &image,
+        "--registry-user",
+        "team",
+        "--registry-password",
+        "pa55",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(registry.tokens_issued() >= 1);
+    let f = w.api("GET", "/v1/functions/private", None).await;
+    assert_eq!(f.json()["registry_auth"], json!({"username": "team"}));
+    assert!(!f.text().contains("pa55"), "the password is never shown");
+
+    let out = w.cli(&["invoke", "private", "--data", r#"{"name":"team"}"#]);
+    assert_eq!(stdout(&out), "Hello, team!\n", "{}", stderr(&out));
+    let mut w = w;
+    w.stop().expect("stop");
+    assert!(w.leftovers().is_empty(), "{:#?}", w.leftovers());
 }
