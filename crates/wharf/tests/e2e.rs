@@ -523,7 +523,7 @@ async fn idle_instances_are_stopped() {
         return;
     }
     let env = env(WharfOptions {
-        idle_timeout_s: 1,
+        idle_timeout_s: 2,
         ..WharfOptions::default()
     })
     .await;
