@@ -227,12 +227,6 @@ impl FunctionPool {
         st.evict(&expired);
         expired
     }
-
-    /// (alive, idle)
-    pub fn counts(&self) -> (usize, usize) {
-        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        (st.busy + st.idle.len(), st.idle.len())
-    }
 }
 
 impl State {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use wharf_contract::{HookOutcome, Outcome};
 
 use crate::function::{Acquired, FunctionPool};
@@ -125,26 +125,26 @@ async fn serve(
         .contract
         .invoke_request(&revision.context, request_id, event);
     let t0 = Instant::now();
+    // Inside the timeout: the whole answer, body included. `None` in the error: too large.
     let exchange = async {
-        let resp = instance.exchange(req).await?;
+        let resp = instance
+            .exchange(req)
+            .await
+            .map_err(|e| Some(e.to_string()))?;
         let (parts, body) = resp.into_parts();
         let body = Limited::new(body, MAX_RESPONSE_BYTES)
             .collect()
             .await
-            .map_err(BodyError)?;
-        Ok::<_, ExchangeOrBody>((parts, body.to_bytes()))
+            .map_err(|e| (!e.is::<LengthLimitError>()).then(|| e.to_string()))?;
+        Ok::<_, Option<String>>((parts, body.to_bytes()))
     };
     let (parts, body) = match tokio::time::timeout(revision.spec.timeout, exchange).await {
         Ok(Ok(answer)) => answer,
-        Ok(Err(ExchangeOrBody::Exchange(e))) => return Err(broken(instance, e).await),
-        Ok(Err(ExchangeOrBody::Body(e))) => {
-            return Err(if e.0.is::<http_body_util::LengthLimitError>() {
-                InvokeError::ResponseTooLarge {
-                    name: name.clone(),
-                    limit: MAX_RESPONSE_BYTES,
-                }
-            } else {
-                broken_reason(instance, e.0.to_string()).await
+        Ok(Err(Some(reason))) => return Err(broken(instance, reason).await),
+        Ok(Err(None)) => {
+            return Err(InvokeError::ResponseTooLarge {
+                name: name.clone(),
+                limit: MAX_RESPONSE_BYTES,
             });
         }
         Err(_) => {
@@ -208,7 +208,7 @@ async fn initialize(
     };
     let status = match tokio::time::timeout(timeout, call).await {
         Ok(Ok(status)) => status,
-        Ok(Err(e)) => return Err(broken(instance, e).await),
+        Ok(Err(e)) => return Err(broken(instance, e.to_string()).await),
         Err(_) => {
             return Err(failed(
                 format!("the initialize hook did not answer within {timeout:?}"),
@@ -234,31 +234,8 @@ async fn initialize(
     }
 }
 
-struct BodyError(Box<dyn std::error::Error + Send + Sync>);
-
-enum ExchangeOrBody {
-    Exchange(ExchangeError),
-    Body(BodyError),
-}
-
-impl From<ExchangeError> for ExchangeOrBody {
-    fn from(e: ExchangeError) -> Self {
-        ExchangeOrBody::Exchange(e)
-    }
-}
-
-impl From<BodyError> for ExchangeOrBody {
-    fn from(e: BodyError) -> Self {
-        ExchangeOrBody::Body(e)
-    }
-}
-
 /// The connection to `instance` broke: a crash if the instance has exited, else unreachable.
-async fn broken(instance: &PoolInstance, e: ExchangeError) -> InvokeError {
-    broken_reason(instance, e.to_string()).await
-}
-
-async fn broken_reason(instance: &PoolInstance, reason: String) -> InvokeError {
+async fn broken(instance: &PoolInstance, reason: String) -> InvokeError {
     let name = instance.revision.spec.name.clone();
     let id = instance.id().to_string();
     let exit = tokio::time::timeout(CRASH_CHECK_WAIT, instance.sandbox().exited())

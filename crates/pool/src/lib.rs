@@ -101,10 +101,6 @@ impl Pool {
         Pool { inner }
     }
 
-    pub fn config(&self) -> &PoolConfig {
-        &self.inner.config
-    }
-
     /// Installs `spec` as the current revision of its function. New requests use it at once;
     /// idle instances of an older revision are stopped now, busy ones when they finish.
     pub fn deploy(&self, spec: FunctionSpec) -> Result<(), DeployError> {
@@ -155,16 +151,6 @@ impl Pool {
         };
         self.inner.stop_all(all).await;
         self.inner.sandbox.shutdown().await;
-    }
-
-    /// Per function: (instances alive, of which idle).
-    pub fn instance_counts(&self, name: &str) -> Option<(usize, usize)> {
-        let functions = self
-            .inner
-            .functions
-            .read()
-            .unwrap_or_else(|e| e.into_inner());
-        functions.get(name).map(|fp| fp.counts())
     }
 }
 

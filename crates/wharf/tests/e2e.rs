@@ -240,7 +240,7 @@ async fn initialize_runs_once_per_instance_before_the_first_invocation() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn function_errors_are_reported_as_function_errors() {
+async fn function_errors_timeouts_and_crashes_are_reported() {
     if needs_root() {
         return;
     }
@@ -276,6 +276,37 @@ async fn function_errors_are_reported_as_function_errors() {
 
     let ok = env.invoke("errs", json!({"name": "x"})).await;
     assert!(ok.header("x-wharf-function-error").is_none());
+
+    // A timeout is an error, never a 200, and the stuck instance is replaced.
+    env.deploy("slow", json!({"image": env.image, "timeout_s": 1}))
+        .await;
+    let r = env
+        .invoke("slow", json!({"cmd": "sleep", "ms": 5000}))
+        .await;
+    assert_eq!(r.status, 504, "{}", r.text());
+    let e = r.json();
+    assert_eq!(e["error"]["code"], "FunctionTimeout");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("timed out"),
+        "{e}"
+    );
+    let r = env.invoke("slow", json!({"name": "next"})).await;
+    assert_eq!(r.text(), "Hello, next!\n");
+    assert_eq!(r.header("x-wharf-cold-start").as_deref(), Some("true"));
+
+    // An instance that dies mid-call: the caller is told, with what it printed; it is replaced.
+    let r = env.invoke("errs", json!({"cmd": "exit", "code": 7})).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    let e = r.json();
+    assert_eq!(e["error"]["code"], "FunctionCrashed", "{e}");
+    let msg = e["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("exiting with 7 on request"), "{msg}");
+    let r = env.invoke("errs", json!({"name": "back"})).await;
+    assert_eq!(r.text(), "Hello, back!\n");
+    assert_eq!(r.header("x-wharf-cold-start").as_deref(), Some("true"));
 
     // The CLI prints the body and exits 1 on a function error.
     let out = env.wharf.cli(&[
