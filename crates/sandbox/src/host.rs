@@ -281,7 +281,13 @@ fn mount_overlay_fsconfig(
     fsconfig_set_string(&fs, "upperdir", upper)?;
     fsconfig_set_string(&fs, "workdir", work)?;
     fsconfig_create(&fs)?;
-    let mnt = fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::empty())?;
+    // nosuid, nodev: image bytes are hostile, and this view of them sits on the host. Inside the
+    // container nothing is lost (no_new_privs already voids setuid; /dev is its own tmpfs).
+    let mnt = fsmount(
+        &fs,
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NODEV,
+    )?;
     move_mount(
         &mnt,
         "",
@@ -322,7 +328,7 @@ fn mount_overlay_classic(
         "overlay",
         target,
         "overlay",
-        MountFlags::empty(),
+        MountFlags::NOSUID | MountFlags::NODEV,
         data.as_c_str(),
     )?;
     Ok(())

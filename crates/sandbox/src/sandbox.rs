@@ -60,11 +60,16 @@ pub(crate) fn valid_name(name: &str, max_bytes: usize) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
+/// Creates `path` private to root (0700, also when it exists): instance bundles hold each
+/// instance's view of its image, which no other host user may reach.
 fn create_dir(path: &Path) -> Result<(), SandboxError> {
-    std::fs::create_dir_all(path).map_err(|source| SandboxError::CreateDir {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |source| SandboxError::CreateDir {
         path: path.to_owned(),
         source,
-    })
+    };
+    std::fs::create_dir_all(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(err)
 }
 
 impl Sandbox {

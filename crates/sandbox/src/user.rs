@@ -10,6 +10,7 @@
 //! size is capped.
 
 use std::io::{self, Read};
+use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use rustix::fs::{Mode, OFlags, ResolveFlags};
@@ -163,10 +164,12 @@ fn read_in_root(root: &Path, path: &str) -> io::Result<String> {
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )?;
+    // O_PATH first: opening is an action for some files (a FIFO blocks, a watchdog device
+    // arms), and the image decides what /etc/passwd is. Only a regular file is then opened.
     let fd = match rustix::fs::openat2(
         &dir,
         path,
-        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK,
+        OFlags::PATH | OFlags::CLOEXEC,
         Mode::empty(),
         ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
     ) {
@@ -174,13 +177,15 @@ fn read_in_root(root: &Path, path: &str) -> io::Result<String> {
         Err(rustix::io::Errno::NOENT) => return Ok(String::new()),
         Err(e) => return Err(e.into()),
     };
-    let file = std::fs::File::from(fd);
-    if !file.metadata()?.is_file() {
+    if rustix::fs::FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode)
+        != rustix::fs::FileType::RegularFile
+    {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("/{path} is not a regular file"),
         ));
     }
+    let file = std::fs::File::open(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
     let mut bytes = Vec::new();
     file.take(MAX_ACCOUNT_FILE_BYTES + 1)
         .read_to_end(&mut bytes)?;
