@@ -1,5 +1,6 @@
 //! The embedded backend: one redb file (`state.db`) in the data directory.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -40,6 +41,9 @@ impl EmbeddedStore {
             source,
         };
         let db = Database::create(path).map_err(|e| open_err(Box::new(e)))?;
+        // The records hold registry credentials.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| open_err(Box::new(e)))?;
         let store = EmbeddedStore { db };
         store.init(path.to_path_buf())?;
         Ok(store)
@@ -167,6 +171,8 @@ mod tests {
             .collect();
         assert_eq!(names, ["a", "b"]);
         assert_eq!(store.get_function("a").unwrap(), Some(record("a")));
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "state.db holds credentials");
         assert!(store.delete_function("a").unwrap());
         assert!(!store.delete_function("a").unwrap());
         assert_eq!(store.get_function("a").unwrap(), None);

@@ -17,7 +17,7 @@ mod logs;
 
 pub use embedded::EmbeddedStore;
 pub use function::{FunctionRecord, Initializer, RegistryCredentials};
-pub use logs::{LogEntry, LogStore, LogStream, unix_ms};
+pub use logs::{LogEntry, LogStore, LogStream, LogWriter, unix_ms};
 
 use std::path::PathBuf;
 

@@ -1,14 +1,25 @@
 //! Function logs: one append-only file of JSON lines per function under `<data-dir>/logs/`.
 //!
-//! Every line an instance prints becomes one [`LogEntry`], written with a single `write` on an
-//! `O_APPEND` file, so concurrent instances of one function never interleave inside a line and a
-//! reader always sees whole lines. A file that grows past [`MAX_LOG_FILE_BYTES`] is rotated to
-//! `<name>.log.1` (one generation kept) so a chatty function cannot fill the disk.
+//! Why it looks like this:
+//! - Lines arrive from every instance's output reader, on the async runtime. They are handed to
+//!   one writer thread over a bounded channel and never wait for the disk: when the writer falls
+//!   behind by [`QUEUE_LINES`] lines, further lines are dropped and counted (a function that
+//!   prints without pause must not stall invocations of other functions).
+//! - Each line is written with a single `write` on an `O_APPEND` file, so a reader always sees
+//!   whole lines. A file that grows past [`MAX_LOG_FILE_BYTES`] is rotated to `<name>.log.1`
+//!   (one generation kept) so a chatty function cannot fill the disk.
+//! - Deleting a function's logs bumps its *generation*: lines still in flight from its old
+//!   instances are dropped instead of re-creating the file, so a function deployed again under
+//!   the same name starts with an empty log.
+//! - Reads ([`LogStore::tail`]) first wait for the writer to catch up, so a line printed before
+//!   the read is in the answer.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -20,6 +31,8 @@ use crate::StoreError;
 pub const MAX_LOG_FILE_BYTES: u64 = 16 * 1024 * 1024;
 /// A single printed line longer than this is cut (and marked) before it is stored.
 pub const MAX_LINE_BYTES: usize = 16 * 1024;
+/// Lines waiting for the writer thread at most; beyond, lines are dropped.
+pub const QUEUE_LINES: usize = 16 * 1024;
 /// `tail` reads at most this many bytes from the end of the file.
 const MAX_TAIL_READ_BYTES: u64 = 4 * 1024 * 1024;
 
@@ -61,86 +74,120 @@ impl LogEntry {
     }
 }
 
-struct LogFile {
-    file: File,
-    len: u64,
+enum Command {
+    Append {
+        function: Arc<str>,
+        generation: u64,
+        line: Vec<u8>,
+    },
+    /// Delete the function's files; answer when done.
+    Remove {
+        function: String,
+        done: SyncSender<Result<(), StoreError>>,
+    },
+    /// Answer when everything sent before has been written.
+    Flush { done: SyncSender<()> },
 }
 
-/// The per-function log files of one data directory.
+type Generations = Arc<Mutex<HashMap<String, u64>>>;
+
+/// The per-function log files of one data directory, and their writer thread.
 pub struct LogStore {
     dir: PathBuf,
-    open: Mutex<HashMap<String, Arc<Mutex<LogFile>>>>,
+    tx: SyncSender<Command>,
+    generations: Generations,
+    dropped: Arc<AtomicU64>,
+}
+
+/// Appends to one function's log. Cheap to clone; never blocks.
+#[derive(Clone)]
+pub struct LogWriter {
+    function: Arc<str>,
+    generation: u64,
+    tx: SyncSender<Command>,
+    dropped: Arc<AtomicU64>,
+}
+
+fn file_name(function: &str) -> String {
+    // Function names are validated by the API (letters, digits, `_`, `-`); this is a second
+    // line of defence so a bad name can never name a file outside the log directory.
+    let safe: String = function
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{safe}.log")
 }
 
 impl LogStore {
+    /// Opens `dir` (created private to its owner) and starts the writer thread, which ends when
+    /// the store and all its writers are dropped.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::Log {
+        let io = |source| StoreError::Log {
             path: dir.to_path_buf(),
             source,
-        })?;
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(io)?;
+        let (tx, rx) = sync_channel(QUEUE_LINES);
+        let generations = Generations::default();
+        let writer = Writer {
+            dir: dir.to_path_buf(),
+            generations: generations.clone(),
+            open: HashMap::new(),
+        };
+        std::thread::Builder::new()
+            .name("wharf-logs".into())
+            .spawn(move || writer.run(rx))
+            .map_err(io)?;
         Ok(LogStore {
             dir: dir.to_path_buf(),
-            open: Mutex::new(HashMap::new()),
+            tx,
+            generations,
+            dropped: Arc::new(AtomicU64::new(0)),
         })
     }
 
-    fn path(&self, function: &str) -> PathBuf {
-        // Function names are validated by the API (letters, digits, `_`, `-`); this is a second
-        // line of defence so a bad name can never name a file outside the log directory.
-        let safe: String = function
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        self.dir.join(format!("{safe}.log"))
+    /// A writer for the function's log as it is now; deleting the log ends what it writes.
+    pub fn writer(&self, function: &str) -> LogWriter {
+        let generation = *self
+            .generations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(function.to_string())
+            .or_default();
+        LogWriter {
+            function: function.into(),
+            generation,
+            tx: self.tx.clone(),
+            dropped: self.dropped.clone(),
+        }
     }
 
-    fn handle(&self, function: &str) -> Result<Arc<Mutex<LogFile>>, StoreError> {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(h) = open.get(function) {
-            return Ok(h.clone());
-        }
-        let path = self.path(function);
-        let file = open_append(&path)?;
-        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-        let h = Arc::new(Mutex::new(LogFile { file, len }));
-        open.insert(function.to_string(), h.clone());
-        Ok(h)
+    /// Lines dropped because the writer could not keep up, since start.
+    pub fn dropped_lines(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 
-    /// Appends one entry to the function's log.
-    pub fn append(&self, function: &str, entry: &LogEntry) -> Result<(), StoreError> {
-        let mut line = serde_json::to_vec(entry).expect("a log entry always serialises");
-        line.push(b'\n');
-        let h = self.handle(function)?;
-        let mut f = h.lock().unwrap_or_else(|e| e.into_inner());
-        if f.len + line.len() as u64 > MAX_LOG_FILE_BYTES {
-            let path = self.path(function);
-            let old = path.with_extension("log.1");
-            std::fs::rename(&path, &old).map_err(|source| StoreError::Log {
-                path: path.clone(),
-                source,
-            })?;
-            f.file = open_append(&path)?;
-            f.len = 0;
+    /// Waits until every line sent before has been written. Blocking.
+    pub fn flush(&self) {
+        let (done, wait) = sync_channel(1);
+        if self.tx.send(Command::Flush { done }).is_ok() {
+            let _ = wait.recv();
         }
-        f.file.write_all(&line).map_err(|source| StoreError::Log {
-            path: self.path(function),
-            source,
-        })?;
-        f.len += line.len() as u64;
-        Ok(())
     }
 
     /// The last `n` entries of the function's log, oldest first. Lines that do not parse (a
-    /// torn write after a crash) are skipped.
+    /// torn write after a crash) are skipped. Blocking.
     pub fn tail(&self, function: &str, n: usize) -> Result<Vec<LogEntry>, StoreError> {
-        let path = self.path(function);
+        self.flush();
+        let path = self.dir.join(file_name(function));
         let mut file = match File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -174,13 +221,130 @@ impl LogStore {
         Ok(entries)
     }
 
-    /// Deletes the function's logs (its rotated generation too).
+    /// Deletes the function's logs (its rotated generation too); lines its writers send
+    /// afterwards are dropped. Blocking.
     pub fn remove(&self, function: &str) -> Result<(), StoreError> {
-        self.open
+        *self
+            .generations
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(function);
-        let path = self.path(function);
+            .entry(function.to_string())
+            .or_default() += 1;
+        let (done, wait) = sync_channel(1);
+        let gone = || StoreError::Log {
+            path: self.dir.clone(),
+            source: std::io::Error::other("the log writer thread has stopped"),
+        };
+        self.tx
+            .send(Command::Remove {
+                function: function.to_string(),
+                done,
+            })
+            .map_err(|_| gone())?;
+        wait.recv().map_err(|_| gone())?
+    }
+}
+
+impl LogWriter {
+    /// Queues one entry; drops it (and counts it) if the writer is too far behind.
+    pub fn append(&self, entry: &LogEntry) {
+        let mut line = serde_json::to_vec(entry).expect("a log entry always serialises");
+        line.push(b'\n');
+        let command = Command::Append {
+            function: self.function.clone(),
+            generation: self.generation,
+            line,
+        };
+        match self.tx.try_send(command) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                if self
+                    .dropped
+                    .fetch_add(1, Ordering::Relaxed)
+                    .is_multiple_of(10_000)
+                {
+                    tracing::warn!(
+                        function = %self.function,
+                        "function logs are written slower than they are printed: lines dropped"
+                    );
+                }
+            }
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+}
+
+struct LogFile {
+    file: File,
+    len: u64,
+}
+
+/// The writer thread's state: the open files.
+struct Writer {
+    dir: PathBuf,
+    generations: Generations,
+    open: HashMap<String, LogFile>,
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<Command>) {
+        while let Ok(command) = rx.recv() {
+            match command {
+                Command::Append {
+                    function,
+                    generation,
+                    line,
+                } => {
+                    let current = self
+                        .generations
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get(&*function)
+                        .copied()
+                        .unwrap_or_default();
+                    if generation != current {
+                        continue;
+                    }
+                    if let Err(e) = self.append(&function, &line) {
+                        tracing::warn!(function = %function, error = %e, "cannot write the function's log");
+                    }
+                }
+                Command::Remove { function, done } => {
+                    let _ = done.send(self.remove(&function));
+                }
+                Command::Flush { done } => {
+                    let _ = done.send(());
+                }
+            }
+        }
+    }
+
+    fn append(&mut self, function: &str, line: &[u8]) -> Result<(), StoreError> {
+        let path = self.dir.join(file_name(function));
+        let io = |source| StoreError::Log {
+            path: path.clone(),
+            source,
+        };
+        if !self.open.contains_key(function) {
+            let file = open_append(&path)?;
+            let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+            self.open
+                .insert(function.to_string(), LogFile { file, len });
+        }
+        let f = self.open.get_mut(function).expect("just opened");
+        if f.len + line.len() as u64 > MAX_LOG_FILE_BYTES {
+            std::fs::rename(&path, path.with_extension("log.1")).map_err(io)?;
+            f.file = open_append(&path)?;
+            f.len = 0;
+        }
+        f.file.write_all(line).map_err(io)?;
+        f.len += line.len() as u64;
+        Ok(())
+    }
+
+    fn remove(&mut self, function: &str) -> Result<(), StoreError> {
+        self.open.remove(function);
+        let path = self.dir.join(file_name(function));
         for p in [path.with_extension("log.1"), path] {
             match std::fs::remove_file(&p) {
                 Ok(()) => {}
@@ -218,12 +382,13 @@ mod tests {
     fn append_then_tail_returns_newest_last() {
         let dir = tempfile::tempdir().unwrap();
         let logs = LogStore::open(dir.path()).unwrap();
+        let w = logs.writer("f");
         for i in 0..5 {
-            logs.append(
-                "f",
-                &LogEntry::now("i1", LogStream::Stdout, &format!("line {i}")),
-            )
-            .unwrap();
+            w.append(&LogEntry::now(
+                "i1",
+                LogStream::Stdout,
+                &format!("line {i}"),
+            ));
         }
         let got: Vec<_> = logs
             .tail("f", 3)
@@ -239,8 +404,9 @@ mod tests {
     fn torn_lines_are_skipped_and_remove_deletes() {
         let dir = tempfile::tempdir().unwrap();
         let logs = LogStore::open(dir.path()).unwrap();
-        logs.append("f", &LogEntry::now("i", LogStream::Stderr, "ok"))
-            .unwrap();
+        logs.writer("f")
+            .append(&LogEntry::now("i", LogStream::Stderr, "ok"));
+        logs.flush();
         std::fs::OpenOptions::new()
             .append(true)
             .open(dir.path().join("f.log"))
@@ -255,6 +421,27 @@ mod tests {
     }
 
     #[test]
+    fn writers_of_a_removed_log_write_nothing_and_new_writers_start_afresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = LogStore::open(dir.path()).unwrap();
+        let old = logs.writer("f");
+        old.append(&LogEntry::now("i", LogStream::Stdout, "before"));
+        logs.remove("f").unwrap();
+        old.append(&LogEntry::now(
+            "i",
+            LogStream::Stdout,
+            "late line of a deleted function",
+        ));
+        assert!(logs.tail("f", 10).unwrap().is_empty());
+        assert!(!dir.path().join("f.log").exists());
+        logs.writer("f")
+            .append(&LogEntry::now("j", LogStream::Stdout, "redeployed"));
+        let got = logs.tail("f", 10).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].message, "redeployed");
+    }
+
+    #[test]
     fn long_lines_are_cut_and_names_cannot_escape() {
         let dir = tempfile::tempdir().unwrap();
         let logs = LogStore::open(dir.path()).unwrap();
@@ -262,7 +449,8 @@ mod tests {
         let e = LogEntry::now("i", LogStream::Stdout, &long);
         assert!(e.message.len() < MAX_LINE_BYTES + 64);
         assert!(e.message.ends_with("bytes]"));
-        logs.append("../escape", &e).unwrap();
+        logs.writer("../escape").append(&e);
+        logs.flush();
         assert!(dir.path().join("___escape.log").exists());
     }
 }
