@@ -106,6 +106,14 @@ pub(crate) struct FunctionPool {
     state: Mutex<State>,
 }
 
+/// Why [`FunctionPool::acquire`] gave nothing.
+pub(crate) enum Refused {
+    /// Every instance is busy and no more may start.
+    Full { max: usize },
+    /// The function was removed.
+    Retired,
+}
+
 /// What [`FunctionPool::acquire`] decided.
 pub(crate) enum Acquired {
     /// A warm instance, now counted busy.
@@ -148,9 +156,12 @@ impl FunctionPool {
         &self,
         max_instances: usize,
         dead: &mut Vec<Arc<PoolInstance>>,
-    ) -> Result<Acquired, usize> {
+    ) -> Result<Acquired, Refused> {
         let revision = self.revision();
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if st.retired {
+            return Err(Refused::Retired);
+        }
         while let Some(i) = st.idle.pop() {
             if !Arc::ptr_eq(&i.revision, &revision) || i.exited() {
                 st.members.remove(i.id());
@@ -161,7 +172,7 @@ impl FunctionPool {
             return Ok(Acquired::Warm(i));
         }
         if st.busy >= max_instances {
-            return Err(max_instances);
+            return Err(Refused::Full { max: max_instances });
         }
         st.busy += 1;
         Ok(Acquired::Start(revision))

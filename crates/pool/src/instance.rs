@@ -27,7 +27,8 @@ pub(crate) struct PoolInstance {
     initialized: AtomicBool,
     last_used: Mutex<Instant>,
     requests: AtomicU64,
-    stopping: AtomicBool,
+    /// The note about the stop is written once, however many callers stop the instance.
+    stop_noted: AtomicBool,
 }
 
 /// Why a request could not be exchanged with an instance.
@@ -107,7 +108,15 @@ impl PoolInstance {
             .config
             .start_deadline
             .unwrap_or_else(|| revision.contract.start_deadline());
-        let stream = match instance.wait_listening(port, deadline).await {
+        let listening = tokio::select! {
+            r = instance.wait_listening(port, deadline) => Some(r),
+            _ = pool.shutdown.cancelled() => None,
+        };
+        let Some(listening) = listening else {
+            instance.stop(pool.config.stop_grace).await;
+            return Err(InvokeError::ShuttingDown);
+        };
+        let stream = match listening {
             Ok(stream) => stream,
             Err(why) => {
                 let output = instance.recent_output();
@@ -176,7 +185,7 @@ impl PoolInstance {
                 initialized: AtomicBool::new(false),
                 last_used: Mutex::new(Instant::now()),
                 requests: AtomicU64::new(0),
-                stopping: AtomicBool::new(false),
+                stop_noted: AtomicBool::new(false),
             }),
             took,
         ))
@@ -217,38 +226,59 @@ impl PoolInstance {
         self.requests.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Sends `req` on the instance's keep-alive connection, opening a new one through the
-    /// instance's network namespace if the old one was closed.
+    /// Sends `req` on the instance's keep-alive connection, or on a new one opened through the
+    /// instance's network namespace when there is none. A request the kept connection never
+    /// wrote (the server closed it while idle, a race every keep-alive client meets) is sent
+    /// again on a new connection; one that may have reached the server is never resent.
     pub async fn exchange(
         &self,
         req: ContractRequest,
     ) -> Result<hyper::Response<Incoming>, ExchangeError> {
-        let fut = {
+        let mut pending = Some(req);
+        let on_kept = {
             let mut conn = self.conn.lock().await;
-            let reusable = match conn.as_mut() {
-                Some(s) if !s.is_closed() => s.ready().await.is_ok(),
-                _ => false,
-            };
-            if !reusable {
-                let stream = self
-                    .instance
-                    .connect(self.revision.context.port)
-                    .await
-                    .map_err(ExchangeError::Connect)?;
-                *conn = Some(handshake(stream).await.map_err(ExchangeError::Http)?);
+            match conn.as_mut() {
+                Some(s) if !s.is_closed() => match s.ready().await {
+                    Ok(()) => Some(s.try_send_request(pending.take().expect("not sent yet"))),
+                    Err(_) => None,
+                },
+                _ => None,
             }
-            let sender = conn.as_mut().expect("a connection was just made");
-            sender.send_request(req)
         };
-        fut.await.map_err(ExchangeError::Http)
+        if let Some(answer) = on_kept {
+            match answer.await {
+                Ok(resp) => return Ok(resp),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => {
+                        debug!(instance = %self.id(), "kept connection closed before the request was written: reconnecting");
+                        pending = Some(unsent);
+                    }
+                    None => return Err(ExchangeError::Http(e.into_error())),
+                },
+            }
+        }
+        let answer = {
+            let mut conn = self.conn.lock().await;
+            let stream = self
+                .instance
+                .connect(self.revision.context.port)
+                .await
+                .map_err(ExchangeError::Connect)?;
+            let mut sender = handshake(stream).await.map_err(ExchangeError::Http)?;
+            let answer = sender.send_request(pending.take().expect("not sent yet"));
+            *conn = Some(sender);
+            answer
+        };
+        answer.await.map_err(ExchangeError::Http)
     }
 
-    /// Stops the instance (idempotent) and notes it in the function's log.
+    /// Stops the instance and notes it in the function's log. Every caller waits until the
+    /// instance is gone (the sandbox's stop is idempotent).
     pub async fn stop(&self, grace: Duration) {
-        if self.stopping.swap(true, Ordering::AcqRel) {
+        let report = self.instance.stop(grace).await;
+        if self.stop_noted.swap(true, Ordering::AcqRel) {
             return;
         }
-        let report = self.instance.stop(grace).await;
         let log = &self.revision.spec.log;
         let mut note = format!(
             "instance stopped after {} request(s)",

@@ -2,7 +2,6 @@
 //! send the event, read the answer, give the instance back.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -10,7 +9,7 @@ use http::{HeaderMap, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use wharf_contract::{HookOutcome, Outcome};
 
-use crate::function::{Acquired, FunctionPool};
+use crate::function::{Acquired, FunctionPool, Refused};
 use crate::instance::{ExchangeError, PoolInstance};
 use crate::{InvokeError, Pool, PoolInner};
 
@@ -47,7 +46,7 @@ impl Pool {
         request_id: &str,
         event: Bytes,
     ) -> Result<Invocation, InvokeError> {
-        if self.inner.shutting_down.load(Ordering::SeqCst) {
+        if self.inner.shutdown.is_cancelled() {
             return Err(InvokeError::ShuttingDown);
         }
         let fp = self
@@ -56,7 +55,10 @@ impl Pool {
             .ok_or_else(|| InvokeError::FunctionNotFound { name: name.into() })?;
         let inner = self.inner.clone();
         let request_id = request_id.to_string();
-        let task = tokio::spawn(async move { invoke(&inner, &fp, request_id, event).await });
+        let task = self
+            .inner
+            .tasks
+            .spawn(async move { invoke(&inner, &fp, request_id, event).await });
         task.await.unwrap_or_else(|e| {
             Err(InvokeError::Internal {
                 name: name.into(),
@@ -87,10 +89,16 @@ async fn invoke(
                 return Err(e);
             }
         },
-        Err(max) => {
+        Err(Refused::Full { max }) => {
             return Err(InvokeError::TooManyInstances {
                 name: fp.revision().spec.name.clone(),
                 max,
+            });
+        }
+        // Removed between the lookup and now.
+        Err(Refused::Retired) => {
+            return Err(InvokeError::FunctionNotFound {
+                name: fp.revision().spec.name.clone(),
             });
         }
     };

@@ -27,9 +27,11 @@ pub use function::{FunctionLog, FunctionSpec};
 pub use invoke::Invocation;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use wharf_image::ImageStore;
 use wharf_sandbox::Sandbox;
@@ -83,7 +85,11 @@ struct PoolInner {
     images: ImageStore,
     config: PoolConfig,
     functions: RwLock<HashMap<String, Arc<FunctionPool>>>,
-    shutting_down: AtomicBool,
+    /// Every task the pool starts (invocations, stops, the sweeper): shutdown waits for them,
+    /// so no instance is left half-stopped when the daemon exits.
+    tasks: TaskTracker,
+    /// Cancelled at shutdown: new invocations are refused, cold starts give up.
+    shutdown: CancellationToken,
 }
 
 impl Pool {
@@ -95,9 +101,10 @@ impl Pool {
             images,
             config,
             functions: RwLock::new(HashMap::new()),
-            shutting_down: AtomicBool::new(false),
+            tasks: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
         });
-        reap::spawn_sweeper(Arc::downgrade(&inner));
+        reap::spawn_sweeper(&inner);
         Pool { inner }
     }
 
@@ -123,8 +130,9 @@ impl Pool {
         Ok(())
     }
 
-    /// Removes the function: its idle instances are stopped before this returns, busy ones as
-    /// soon as their request ends. `false` if the pool did not know the function.
+    /// Removes the function: new invocations of it are refused, its idle instances are stopped
+    /// before this returns, busy ones as soon as their request ends. The stops run to the end
+    /// even if this future is dropped. `false` if the pool did not know the function.
     pub async fn remove(&self, name: &str) -> bool {
         let fp = self
             .inner
@@ -134,13 +142,19 @@ impl Pool {
             .remove(name);
         let Some(fp) = fp else { return false };
         let idle = fp.retire();
-        self.inner.stop_all(idle).await;
+        let inner = self.inner.clone();
+        let _ = self
+            .inner
+            .tasks
+            .spawn(async move { inner.stop_all(idle).await })
+            .await;
         true
     }
 
-    /// Stops every instance (in-flight requests fail) and releases the sandbox's host resources.
+    /// Refuses new invocations, stops every instance (in-flight invocations fail, cold starts
+    /// give up), waits for every task of the pool, and releases the sandbox's host resources.
     pub async fn shutdown(&self) {
-        self.inner.shutting_down.store(true, Ordering::SeqCst);
+        self.inner.shutdown.cancel();
         let all: Vec<_> = {
             let functions = self
                 .inner
@@ -150,6 +164,8 @@ impl Pool {
             functions.values().flat_map(|fp| fp.retire_all()).collect()
         };
         self.inner.stop_all(all).await;
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
         self.inner.sandbox.shutdown().await;
     }
 }
@@ -168,7 +184,7 @@ impl PoolInner {
             return;
         }
         let grace = self.config.stop_grace;
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             for i in instances {
                 i.stop(grace).await;
             }

@@ -1,8 +1,7 @@
 //! Scale-in: one sweeper task for the whole pool stops instances that have been idle for longer
 //! than the idle timeout, and notices idle instances that exited on their own.
 
-use std::sync::Weak;
-use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use crate::PoolInner;
@@ -11,18 +10,18 @@ use crate::PoolInner;
 const MIN_SWEEP: Duration = Duration::from_millis(50);
 const MAX_SWEEP: Duration = Duration::from_secs(1);
 
-pub(crate) fn spawn_sweeper(pool: Weak<PoolInner>) {
-    tokio::spawn(async move {
+/// Starts the sweeper; it ends at shutdown (or when the pool is gone).
+pub(crate) fn spawn_sweeper(inner: &Arc<PoolInner>) {
+    let interval = (inner.config.idle_timeout / 4).clamp(MIN_SWEEP, MAX_SWEEP);
+    let shutdown = inner.shutdown.clone();
+    let pool: Weak<PoolInner> = Arc::downgrade(inner);
+    inner.tasks.spawn(async move {
         loop {
-            let interval = match pool.upgrade() {
-                Some(p) => (p.config.idle_timeout / 4).clamp(MIN_SWEEP, MAX_SWEEP),
-                None => return,
-            };
-            tokio::time::sleep(interval).await;
-            let Some(pool) = pool.upgrade() else { return };
-            if pool.shutting_down.load(Ordering::SeqCst) {
-                return;
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
             }
+            let Some(pool) = pool.upgrade() else { return };
             sweep(&pool);
         }
     });
