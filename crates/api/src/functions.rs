@@ -366,7 +366,7 @@ pub(crate) fn spec_of(app: &App, r: &FunctionRecord) -> Result<FunctionSpec, Api
             .map(|i| Duration::from_secs(i.timeout_s.into())),
         image_pinned: r.image_pinned.clone(),
         registry_auth: registry_auth(r.registry_auth.as_ref()),
-        log: Arc::new(StoreLog::new(app.logs.clone(), &r.name)),
+        log: Arc::new(StoreLog::new(&app.logs, &r.name)),
     })
 }
 
@@ -401,6 +401,12 @@ pub async fn put(
 ) -> Result<Response, ApiError> {
     validate_name(&name)?;
     let valid = validate(parse_json(body)?)?;
+    // Run to the end even if the client goes away: a deploy is stored and installed, or not.
+    crate::detached(async move { deploy(&app, name, valid).await }).await
+}
+
+async fn deploy(app: &Arc<App>, name: String, valid: ValidFunction) -> Result<Response, ApiError> {
+    let _serialised = app.lock_function(&name).await;
     let auth = registry_auth(valid.registry_auth.as_ref());
     let image = app.images.pull(&valid.image, &auth).await?;
     if wharf_pool::instance_spec::argv(
@@ -420,7 +426,11 @@ pub async fn put(
         ));
     }
     let now = unix_ms(SystemTime::now());
-    let existing = app.store.get_function(&name)?;
+    let existing = crate::blocking({
+        let (store, name) = (app.store.clone(), name.clone());
+        move || store.get_function(&name)
+    })
+    .await?;
     let record = FunctionRecord {
         name: name.clone(),
         image: valid.image,
@@ -442,8 +452,12 @@ pub async fn put(
         created_at_ms: existing.as_ref().map_or(now, |e| e.created_at_ms),
         updated_at_ms: now,
     };
-    let spec = spec_of(&app, &record)?;
-    app.store.put_function(&record)?;
+    let spec = spec_of(app, &record)?;
+    let record = crate::blocking({
+        let store = app.store.clone();
+        move || store.put_function(&record).map(|()| record)
+    })
+    .await?;
     app.pool.deploy(spec)?;
     tracing::info!(function = %name, image = %record.image_pinned, revision = record.revision, "deployed");
     let status = if existing.is_some() {
@@ -482,18 +496,31 @@ pub async fn get(
 }
 
 /// `DELETE /v1/functions/{name}`: stops the function's instances, forgets it and its logs.
+/// Runs to the end even if the client goes away.
 pub async fn delete(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    if app.store.get_function(&name)?.is_none() {
-        return Err(ApiError::function_not_found(&name));
-    }
-    app.store.delete_function(&name)?;
-    app.pool.remove(&name).await;
-    app.logs.remove(&name)?;
-    tracing::info!(function = %name, "deleted");
-    Ok(StatusCode::NO_CONTENT)
+    crate::detached(async move {
+        let _serialised = app.lock_function(&name).await;
+        let existed = crate::blocking({
+            let (store, name) = (app.store.clone(), name.clone());
+            move || store.delete_function(&name)
+        })
+        .await?;
+        if !existed {
+            return Err(ApiError::function_not_found(&name));
+        }
+        app.pool.remove(&name).await;
+        crate::blocking({
+            let (app, name) = (app.clone(), name.clone());
+            move || app.logs.remove(&name)
+        })
+        .await?;
+        tracing::info!(function = %name, "deleted");
+        Ok(StatusCode::NO_CONTENT)
+    })
+    .await
 }
 
 #[cfg(test)]

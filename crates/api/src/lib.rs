@@ -13,7 +13,8 @@ pub mod logs;
 
 pub use error::ApiError;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -23,6 +24,29 @@ use http::StatusCode;
 use wharf_image::ImageStore;
 use wharf_pool::Pool;
 use wharf_store::{FunctionStore, LogStore};
+
+/// Runs `f` (a store call: a short transaction, maybe an fsync) off the async workers.
+pub(crate) async fn blocking<T, E>(
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    E: Send + 'static,
+    ApiError: From<E>,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::from)
+}
+
+/// Runs `work` in its own task and waits for it: if the caller is dropped (the client went
+/// away), the work still runs to the end instead of stopping half-way.
+pub(crate) async fn detached<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, ApiError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::spawn(work).await.map_err(ApiError::internal)?
+}
 
 /// Largest control-plane request body.
 pub const MAX_CONTROL_BODY_BYTES: usize = 1024 * 1024;
@@ -34,6 +58,8 @@ pub struct App {
     pub images: ImageStore,
     pub pool: Pool,
     pub token: String,
+    /// One control-plane change at a time per function name (deploy, delete).
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl App {
@@ -50,7 +76,20 @@ impl App {
             images,
             pool,
             token,
+            locks: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Serialises control-plane changes to function `name`.
+    pub(crate) async fn lock_function(&self, name: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = self
+            .locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(name.to_string())
+            .or_default()
+            .clone();
+        lock.lock_owned().await
     }
 
     /// Hands every stored function to the pool, as after a restart. Returns how many.

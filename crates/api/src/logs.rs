@@ -8,7 +8,7 @@ use axum::extract::{Path, Query, State};
 use serde::{Deserialize, Serialize};
 use wharf_pool::FunctionLog;
 use wharf_sandbox::{OutputSink, Stream};
-use wharf_store::{LogEntry, LogStore, LogStream};
+use wharf_store::{LogEntry, LogStore, LogStream, LogWriter};
 
 use crate::{ApiError, App};
 
@@ -18,23 +18,19 @@ pub const MAX_TAIL: usize = 10_000;
 
 /// Writes a function's instance output and Wharf's notes into the function's log file.
 pub struct StoreLog {
-    logs: Arc<LogStore>,
-    function: String,
+    writer: LogWriter,
 }
 
 impl StoreLog {
-    pub fn new(logs: Arc<LogStore>, function: &str) -> Self {
+    pub fn new(logs: &LogStore, function: &str) -> Self {
         StoreLog {
-            logs,
-            function: function.to_string(),
+            writer: logs.writer(function),
         }
     }
 
     fn append(&self, instance_id: &str, stream: LogStream, line: &str) {
-        let entry = LogEntry::now(instance_id, stream, line);
-        if let Err(e) = self.logs.append(&self.function, &entry) {
-            tracing::warn!(function = %self.function, error = %e, "cannot write the function's log");
-        }
+        self.writer
+            .append(&LogEntry::now(instance_id, stream, line));
     }
 }
 

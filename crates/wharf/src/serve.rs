@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io::{IsTerminal, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -22,6 +22,8 @@ use crate::cli::{Global, RuntimeArg, ServeArgs};
 
 /// Written into the data directory while the daemon runs: the API's address, for tools.
 pub const ADDR_FILE: &str = "api.addr";
+/// At shutdown, how long open connections may take to finish once the instances are stopped.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn run(global: Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
@@ -43,6 +45,10 @@ pub async fn run(global: Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
         .mode(0o700)
         .create(&data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    // Also when it existed: it holds registry credentials, the token and instance root
+    // filesystems, none of which another host user may read.
+    std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot make {} private (mode 0700)", data_dir.display()))?;
     let _lock = lock_data_dir(&data_dir)?;
 
     let token = wharf_api::auth::load_or_create_token(&data_dir)?;
@@ -96,13 +102,26 @@ pub async fn run(global: Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
         "listening on http://{addr}"
     );
 
-    let served = axum::serve(listener, app.router())
-        .with_graceful_shutdown(shutdown_signal())
-        .await;
+    let (stop_accepting, stopped_accepting) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        axum::serve(listener, app.router())
+            .with_graceful_shutdown(async move {
+                let _ = stopped_accepting.await;
+            })
+            .into_future(),
+    );
+    shutdown_signal().await;
     info!("shutting down: stopping instances");
+    // Stop taking connections, then stop the instances at once: in-flight invocations end with
+    // an error instead of holding the daemon for up to their timeout.
+    let _ = stop_accepting.send(());
     pool.shutdown().await;
+    match tokio::time::timeout(DRAIN_TIMEOUT, server).await {
+        Ok(Ok(served)) => served.context("the API server failed")?,
+        Ok(Err(e)) => tracing::warn!(error = %e, "the API server task failed"),
+        Err(_) => tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}: closing them"),
+    }
     let _ = std::fs::remove_file(data_dir.join(ADDR_FILE));
-    served.context("the API server failed")?;
     info!("stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -277,6 +277,24 @@ async fn function_errors_timeouts_and_crashes_are_reported() {
     let ok = env.invoke("errs", json!({"name": "x"})).await;
     assert!(ok.header("x-wharf-function-error").is_none());
 
+    // A server that closes idle keep-alive connections (as Node does after 5 s) costs nothing.
+    env.deploy(
+        "closer",
+        json!({"image": env.image, "env": {"TESTFN_KEEPALIVE_MS": "100"}}),
+    )
+    .await;
+    let first = env.invoke("closer", json!({"name": "a"})).await;
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let r = env.invoke("closer", json!({"name": "b"})).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("x-wharf-cold-start").as_deref(), Some("false"));
+        assert_eq!(
+            r.header("x-wharf-instance-id"),
+            first.header("x-wharf-instance-id")
+        );
+    }
+
     // A timeout is an error, never a 200, and the stuck instance is replaced.
     env.deploy("slow", json!({"image": env.image, "timeout_s": 1}))
         .await;

@@ -7,6 +7,8 @@
 //!   `0.0.0.0`): the address.
 //! - `TESTFN_MODE=never-listen`: print a line and never listen; `exit`: print a line and exit 3.
 //! - `TESTFN_INIT_STATUS`: status `/initialize` answers (default 200).
+//! - `TESTFN_KEEPALIVE_MS`: close a connection that sends no request for this long (as Node's
+//!   `keepAliveTimeout` does; default: keep it).
 //!
 //! Events (`POST /invoke`, JSON):
 //! - `{"name": "x"}` → `Hello, x!`
@@ -34,7 +36,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{Value, json};
 
 static INITS: AtomicU64 = AtomicU64::new(0);
@@ -208,6 +210,10 @@ fn main() {
         let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
         say(&format!("testfn: listening on {addr}"));
         complain("testfn: this line goes to stderr");
+        let keepalive = std::env::var("TESTFN_KEEPALIVE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis);
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
         loop {
@@ -219,7 +225,11 @@ fn main() {
                 accepted = listener.accept() => {
                     let Ok((stream, _)) = accepted else { continue };
                     tokio::spawn(async move {
-                        let _ = http1::Builder::new()
+                        let mut builder = http1::Builder::new();
+                        if let Some(idle) = keepalive {
+                            builder.timer(TokioTimer::new()).header_read_timeout(idle);
+                        }
+                        let _ = builder
                             .serve_connection(TokioIo::new(stream), service_fn(handle))
                             .await;
                     });
