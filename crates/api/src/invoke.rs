@@ -70,6 +70,15 @@ pub async fn invoke(
             *resp.status_mut() = inv.status;
             let h = resp.headers_mut();
             *h = inv.headers;
+            // The x-wharf-* headers are Wharf's word about the call: a function cannot set them.
+            let forged: Vec<_> = h
+                .keys()
+                .filter(|n| n.as_str().starts_with("x-wharf-"))
+                .cloned()
+                .collect();
+            for name in forged {
+                h.remove(name);
+            }
             h.insert(
                 INSTANCE_ID,
                 HeaderValue::from_str(&inv.instance_id).expect("instance ids are ASCII"),

@@ -117,6 +117,13 @@ impl App {
             .route("/v1/functions/{name}/logs", get(logs::get))
             .route_layer(from_fn_with_state(self.clone(), auth::require_token))
             .route("/v1/health", get(|| async { "ok\n" }))
+            .method_not_allowed_fallback(|| async {
+                ApiError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "MethodNotAllowed",
+                    "this endpoint does not take that method (see README: The API)",
+                )
+            })
             .fallback(|| async {
                 ApiError::new(
                     StatusCode::NOT_FOUND,

@@ -170,11 +170,7 @@ impl Contract for Fc {
     }
 
     fn not_started_message(&self, port: u16, deadline: Duration, output: &str) -> String {
-        let logs = if output.trim().is_empty() {
-            "(the instance printed nothing)".to_string()
-        } else {
-            output.trim_end().to_string()
-        };
+        let logs = crate::printed(output);
         format!(
             "the function's HTTP server did not start: nothing listened on port {port} within \
              {}s. Make the server listen on 0.0.0.0:{port} (the function's port), or set the \

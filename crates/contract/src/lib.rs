@@ -73,6 +73,14 @@ impl FromStr for ContractKind {
     }
 }
 
+/// What an instance printed, for an error message: trimmed, or a note that it printed nothing.
+pub fn printed(output: &str) -> &str {
+    match output.trim_end() {
+        "" => "(the instance printed nothing)",
+        text => text,
+    }
+}
+
 /// The adapter for a contract.
 pub fn adapter(kind: ContractKind) -> Arc<dyn Contract> {
     match kind {

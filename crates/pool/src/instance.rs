@@ -124,11 +124,7 @@ impl PoolInstance {
                     NotListening::Exited(exit) => format!(
                         "the instance exited ({exit:?}) before its server listened on port \
                          {port}. Logs: {}",
-                        if output.trim().is_empty() {
-                            "(the instance printed nothing)"
-                        } else {
-                            output.trim_end()
-                        }
+                        wharf_contract::printed(&output)
                     ),
                     NotListening::Deadline => revision
                         .contract
@@ -161,7 +157,9 @@ impl PoolInstance {
         let addresses = instance.listen_addresses(port);
         if !addresses.is_empty() && addresses.iter().all(|a| a.is_loopback()) {
             let message = format!(
-                "the server listens on {} port {port} only: Wharf reaches it, but the clouds                  connect from outside the instance and would not (FunctionNotStarted); listen                  on 0.0.0.0:{port}",
+                "the server listens on {} port {port} only: Wharf reaches it, but the clouds \
+                 connect from outside the instance and would not (FunctionNotStarted); listen \
+                 on 0.0.0.0:{port}",
                 addresses
                     .iter()
                     .map(|a| a.to_string())

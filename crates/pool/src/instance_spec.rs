@@ -6,7 +6,7 @@
 //!   As in Kubernetes, a `command` without `args` drops the image's CMD too (a CMD written for
 //!   one entrypoint rarely makes sense for another).
 //! - **Environment**: the image's, then the contract's, then the function's; a later one wins
-//!   for the same name. `PATH` defaults to the usual one when nobody sets it.
+//!   for the same name. (The sandbox adds `PATH` and `HOME` when nobody sets them.)
 //! - **Directory**: the function's `working_dir`, else the image's `WorkingDir`, else `/`.
 //! - **User**: the function's `uid`/`gid`, else the contract's default, else the image's `USER`,
 //!   else root. A `uid` without `gid` runs with `gid = uid`, never with the root group.
@@ -16,8 +16,6 @@ use wharf_sandbox::{InstanceSpec, User};
 
 use crate::function::Revision;
 use crate::{InvokeError, PoolConfig};
-
-pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// The program and its arguments.
 pub fn argv(
@@ -43,9 +41,6 @@ pub fn merge_env<'a>(layers: impl IntoIterator<Item = (&'a str, &'a str)>) -> Ve
             Some(slot) => slot.1 = v.to_string(),
             None => out.push((k.to_string(), v.to_string())),
         }
-    }
-    if !out.iter().any(|(k, _)| k == "PATH") {
-        out.push(("PATH".into(), DEFAULT_PATH.into()));
     }
     out.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
 }
@@ -153,12 +148,9 @@ mod tests {
     }
 
     #[test]
-    fn later_env_wins_and_path_defaults() {
+    fn later_env_wins_in_the_first_place() {
         let env = merge_env([("A", "image"), ("B", "image"), ("A", "function")]);
-        assert_eq!(
-            env,
-            v(&["A=function", "B=image", &format!("PATH={DEFAULT_PATH}")])
-        );
+        assert_eq!(env, v(&["A=function", "B=image"]));
         let env = merge_env([("PATH", "/x"), ("A", "1=2")]);
         assert_eq!(env, v(&["PATH=/x", "A=1=2"]));
     }

@@ -320,12 +320,15 @@ pub fn leftovers(data_dir: &Path, cgroup_parent: &str) -> Vec<String> {
             found.push(format!("mount: {line}"));
         }
     }
+    // cgroup v2 (`/sys/fs/cgroup/<parent>`), v1 and hybrid (`/sys/fs/cgroup/<hierarchy>/<parent>`).
+    let mut places = vec![std::path::PathBuf::from("/sys/fs/cgroup")];
     if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
-        for h in hierarchies.flatten() {
-            let p = h.path().join(cgroup_parent);
-            if p.exists() {
-                found.push(format!("cgroup: {}", p.display()));
-            }
+        places.extend(hierarchies.flatten().map(|h| h.path()));
+    }
+    for place in places {
+        let p = place.join(cgroup_parent);
+        if p.exists() {
+            found.push(format!("cgroup: {}", p.display()));
         }
     }
     if let Ok(procs) = std::fs::read_dir("/proc") {

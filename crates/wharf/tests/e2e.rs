@@ -647,3 +647,127 @@ async fn a_private_registry_with_token_auth() {
     w.stop().expect("stop");
     assert!(w.leftovers().is_empty(), "{:#?}", w.leftovers());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletes_and_shutdowns_finish_what_they_start() {
+    if needs_root() {
+        return;
+    }
+    let mut env = env(WharfOptions {
+        stop_grace_s: 2,
+        ..WharfOptions::default()
+    })
+    .await;
+    wharf_test_support::install_crypto_provider();
+    // Instances that ignore SIGTERM take the whole grace to stop.
+    let stubborn = |memory: u32| json!({"image": env.image, "memory_mb": memory, "env": {"TESTFN_IGNORE_SIGTERM": "1"}});
+
+    // A DELETE whose client gives up before the instance has stopped still finishes.
+    env.deploy("gone", stubborn(128)).await;
+    env.invoke("gone", json!({"name": "x"})).await;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let r = impatient
+        .delete(format!("{}/v1/functions/gone", env.wharf.url()))
+        .bearer_auth(env.wharf.token())
+        .send()
+        .await;
+    assert!(
+        r.is_err(),
+        "the client gave up before the stop ended: {r:?}"
+    );
+    assert_eventually!(instance_processes(&env.wharf) == 0);
+    let r = env.wharf.api("GET", "/v1/functions/gone", None).await;
+    assert_eq!(r.status, 404);
+    assert!(!env.wharf.data_dir().join("logs/gone.log").exists());
+    assert!(
+        !env.wharf.log().contains("dropped without stop"),
+        "{}",
+        env.wharf.log()
+    );
+
+    // SIGTERM while an old revision's instance is still stopping and an invocation is in
+    // flight: the daemon stops them all, does not wait for the call's 30 s, leaves nothing.
+    env.deploy("busy", stubborn(128)).await;
+    env.invoke("busy", json!({"name": "x"})).await;
+    env.deploy("busy", stubborn(256)).await;
+    let url = format!("{}/v1/functions/busy/invoke", env.wharf.url());
+    let token = env.wharf.token().to_string();
+    let in_flight = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(url)
+            .bearer_auth(token)
+            .body(json!({"cmd": "sleep", "ms": 30000}).to_string())
+            .send()
+            .await
+    });
+    assert_eventually!(
+        env.wharf
+            .api("GET", "/v1/functions/busy/logs", None)
+            .await
+            .text()
+            .matches("instance started")
+            .count()
+            == 2
+    );
+    let t0 = std::time::Instant::now();
+    env.wharf.stop().expect("stop wharf serve");
+    assert!(
+        t0.elapsed() < Duration::from_secs(15),
+        "shutdown took {:?}",
+        t0.elapsed()
+    );
+    match in_flight.await.unwrap() {
+        Err(_) => {}
+        Ok(r) => assert!(r.status().is_server_error(), "{}", r.status()),
+    }
+    let left = env.wharf.leftovers();
+    assert!(left.is_empty(), "left behind: {left:#?}");
+    assert!(
+        !env.wharf.log().contains("dropped without stop"),
+        "{}",
+        env.wharf.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_speaks_json_errors_and_functions_cannot_forge_wharf_headers() {
+    if needs_root() {
+        return;
+    }
+    let env = env(WharfOptions::default()).await;
+    env.deploy("forger", json!({"image": env.image})).await;
+    let r = env
+        .invoke(
+            "forger",
+            json!({"cmd": "respond-headers", "headers": {
+                "x-wharf-function-error": "forged",
+                "x-wharf-cold-start": "forged",
+                "x-custom": "kept"
+            }}),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-wharf-function-error"), None);
+    assert_eq!(r.header("x-wharf-cold-start").as_deref(), Some("true"));
+    assert_eq!(r.header("x-custom").as_deref(), Some("kept"));
+
+    let r = env.wharf.api("POST", "/v1/functions", None).await;
+    assert_eq!(r.status, 405);
+    assert_eq!(r.json()["error"]["code"], "MethodNotAllowed");
+    let r = env.wharf.api("GET", "/v2/nothing", None).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["error"]["code"], "NotFound");
+
+    // The scheme is case-insensitive (RFC 9110).
+    let lower = reqwest::Client::new()
+        .get(format!("{}/v1/functions", env.wharf.url()))
+        .header("authorization", format!("bearer {}", env.wharf.token()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lower.status(), 200);
+    env.finish();
+}

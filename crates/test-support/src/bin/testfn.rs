@@ -7,6 +7,7 @@
 //!   `0.0.0.0`): the address.
 //! - `TESTFN_MODE=never-listen`: print a line and never listen; `exit`: print a line and exit 3.
 //! - `TESTFN_INIT_STATUS`: status `/initialize` answers (default 200).
+//! - `TESTFN_IGNORE_SIGTERM=1`: do not handle SIGTERM (as pid 1, it is then ignored).
 //! - `TESTFN_KEEPALIVE_MS`: close a connection that sends no request for this long (as Node's
 //!   `keepAliveTimeout` does; default: keep it).
 //!
@@ -18,6 +19,7 @@
 //! - `{"cmd": "status", "status": 404}` → that status
 //! - `{"cmd": "x-fc-status", "value": "404"}` → 200 with `x-fc-status: <value>`
 //! - `{"cmd": "sleep", "ms": 100}` → answers after sleeping
+//! - `{"cmd": "respond-headers", "headers": {"k": "v"}}` → 200 with those response headers
 //! - `{"cmd": "print", "stdout": "...", "stderr": "..."}` → prints them, answers `printed`
 //! - `{"cmd": "exit", "code": 3}` → exits without answering
 //! - anything else → echoed back
@@ -157,6 +159,23 @@ async fn invoke(headers: BTreeMap<String, String>, body: Bytes) -> Response<Full
             );
             r
         }
+        Some("respond-headers") => {
+            let mut r = reply(200, "with headers\n");
+            for (k, v) in event
+                .get("headers")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+            {
+                if let (Ok(name), Some(Ok(value))) = (
+                    http::HeaderName::from_bytes(k.as_bytes()),
+                    v.as_str().map(http::HeaderValue::from_str),
+                ) {
+                    r.headers_mut().insert(name, value);
+                }
+            }
+            r
+        }
         Some("sleep") => {
             let ms = event.get("ms").and_then(Value::as_u64).unwrap_or(1000);
             tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -214,11 +233,16 @@ fn main() {
             .ok()
             .and_then(|v| v.parse().ok())
             .map(Duration::from_millis);
+        let ignore_term = std::env::var("TESTFN_IGNORE_SIGTERM").is_ok_and(|v| v == "1");
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
         loop {
             tokio::select! {
                 _ = term.recv() => {
+                    if ignore_term {
+                        say("testfn: SIGTERM, ignored");
+                        continue;
+                    }
                     say("testfn: SIGTERM, exiting");
                     std::process::exit(0);
                 }
