@@ -119,69 +119,77 @@ async fn start_steps(
         }
     };
 
-    // 1. Bundle and rootfs.
-    match std::fs::create_dir(&paths.bundle) {
-        Ok(()) => progress.bundle = true,
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            return Err(StartError::AlreadyExists {
-                id: id.to_owned(),
-                path: paths.bundle.clone(),
-            });
+    // 1-3 touch the file system (mkdir, mounts, passwd, config.json): a few milliseconds
+    // that must not hold an async worker.
+    crate::blocking::run(|| -> Result<(), StartError> {
+        // 1. Bundle and rootfs.
+        match std::fs::create_dir(&paths.bundle) {
+            Ok(()) => progress.bundle = true,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(StartError::AlreadyExists {
+                    id: id.to_owned(),
+                    path: paths.bundle.clone(),
+                });
+            }
+            Err(e) => return Err(bundle_err(&paths.bundle)(e)),
         }
-        Err(e) => return Err(bundle_err(&paths.bundle)(e)),
-    }
-    let top_layer = spec.layers.last().expect("checked non-empty");
-    rootfs::mount_writable_layer(host, paths, spec.writable_layer_bytes, top_layer).map_err(
-        |source| StartError::MountWritableLayer {
-            id: id.to_owned(),
-            path: paths.rw.clone(),
-            size_bytes: spec.writable_layer_bytes,
-            source,
-        },
-    )?;
-    progress.tmpfs = true;
-    rootfs::mount_rootfs(host, paths, &spec.layers).map_err(|source| StartError::MountRootfs {
-        id: id.to_owned(),
-        path: paths.rootfs.clone(),
-        source,
-    })?;
-    progress.overlay = true;
+        let top_layer = spec.layers.last().expect("checked non-empty");
+        rootfs::mount_writable_layer(host, paths, spec.writable_layer_bytes, top_layer).map_err(
+            |source| StartError::MountWritableLayer {
+                id: id.to_owned(),
+                path: paths.rw.clone(),
+                size_bytes: spec.writable_layer_bytes,
+                source,
+            },
+        )?;
+        progress.tmpfs = true;
+        rootfs::mount_rootfs(host, paths, &spec.layers).map_err(|source| {
+            StartError::MountRootfs {
+                id: id.to_owned(),
+                path: paths.rootfs.clone(),
+                source,
+            }
+        })?;
+        progress.overlay = true;
 
-    // 2. User, environment.
-    let user =
-        user::resolve_in_rootfs(&paths.rootfs, &spec.user).map_err(|source| StartError::User {
-            id: id.to_owned(),
-            source,
+        // 2. User, environment.
+        let user = user::resolve_in_rootfs(&paths.rootfs, &spec.user).map_err(|source| {
+            StartError::User {
+                id: id.to_owned(),
+                source,
+            }
         })?;
 
-    // 3. config.json.
-    let params = spec::SpecParams {
-        args: &spec.args,
-        env: spec::instance_env(&spec.env, &user.home),
-        cwd: if spec.cwd.is_empty() { "/" } else { &spec.cwd },
-        uid: user.uid,
-        gid: user.gid,
-        // A new UTS namespace starts with the host's name: never leave it at that.
-        hostname: if spec.hostname.is_empty() {
-            id
-        } else {
-            &spec.hostname
-        },
-        rootfs: &paths.rootfs,
-        cgroups_path: crate::cgroup::CgroupLayout::cgroups_path(&sb.config.cgroup_parent, id),
-        memory_limit_bytes: spec.memory_limit_bytes,
-        limit_swap: sb.limit_swap,
-        pids_limit: spec.pids_limit,
-        nofile: spec::clamp_nofile(spec::DEFAULT_NOFILE, Some(sb.nofile_hard)),
-    };
-    let write_err = |source: std::io::Error| StartError::WriteSpec {
-        id: id.to_owned(),
-        path: paths.config.clone(),
-        source,
-    };
-    let config = spec::build(&params).map_err(|e| write_err(std::io::Error::other(e)))?;
-    let json = serde_json::to_vec(&config).map_err(|e| write_err(e.into()))?;
-    std::fs::write(&paths.config, json).map_err(write_err)?;
+        // 3. config.json.
+        let params = spec::SpecParams {
+            args: &spec.args,
+            env: spec::instance_env(&spec.env, &user.home),
+            cwd: if spec.cwd.is_empty() { "/" } else { &spec.cwd },
+            uid: user.uid,
+            gid: user.gid,
+            // A new UTS namespace starts with the host's name: never leave it at that.
+            hostname: if spec.hostname.is_empty() {
+                id
+            } else {
+                &spec.hostname
+            },
+            rootfs: &paths.rootfs,
+            cgroups_path: crate::cgroup::CgroupLayout::cgroups_path(&sb.config.cgroup_parent, id),
+            memory_limit_bytes: spec.memory_limit_bytes,
+            limit_swap: sb.limit_swap,
+            pids_limit: spec.pids_limit,
+            nofile: spec::clamp_nofile(spec::DEFAULT_NOFILE, Some(sb.nofile_hard)),
+        };
+        let write_err = |source: std::io::Error| StartError::WriteSpec {
+            id: id.to_owned(),
+            path: paths.config.clone(),
+            source,
+        };
+        let config = spec::build(&params).map_err(|e| write_err(std::io::Error::other(e)))?;
+        let json = serde_json::to_vec(&config).map_err(|e| write_err(e.into()))?;
+        std::fs::write(&paths.config, json).map_err(write_err)?;
+        Ok(())
+    })?;
     let prepared = started.elapsed();
 
     // 4. runtime create, with the function's output on our pipes.

@@ -82,7 +82,9 @@ async fn stop_once(instance: &Instance, grace: Duration) -> StopReport {
         .extend(remove_instance_cgroups(sb, id));
 
     // 4. Mounts and bundle.
-    for e in unmount_and_remove(sb, &instance.paths, true, true, true) {
+    let unmounted =
+        crate::blocking::run(|| unmount_and_remove(sb, &instance.paths, true, true, true));
+    for e in unmounted {
         report.cleanup_errors.push(crate::error::display_chain(&e));
     }
 

@@ -35,6 +35,7 @@
 //! `readiness`, `output`, `reaper`, `instance_start`, `instance_stop`, `recover`,
 //! `host`, `error`.
 
+mod blocking;
 mod cgroup;
 mod error;
 mod host;
