@@ -679,9 +679,9 @@ async fn deletes_and_shutdowns_finish_what_they_start() {
         "the client gave up before the stop ended: {r:?}"
     );
     assert_eventually!(instance_processes(&env.wharf) == 0);
+    assert_eventually!(!env.wharf.data_dir().join("logs/gone.log").exists());
     let r = env.wharf.api("GET", "/v1/functions/gone", None).await;
     assert_eq!(r.status, 404);
-    assert!(!env.wharf.data_dir().join("logs/gone.log").exists());
     assert!(
         !env.wharf.log().contains("dropped without stop"),
         "{}",
