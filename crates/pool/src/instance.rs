@@ -286,7 +286,10 @@ impl PoolInstance {
             note.push_str(&format!(", exit {exit:?}"));
         }
         if let Some(peak) = report.memory_peak_bytes {
-            note.push_str(&format!(", memory peak {} MB", peak / (1024 * 1024)));
+            note.push_str(&format!(
+                ", memory peak {:.1} MB",
+                peak as f64 / (1024.0 * 1024.0)
+            ));
         }
         if report.oom_killed {
             note.push_str(", killed: out of memory");

@@ -256,17 +256,17 @@ async fn ls(client: &Client) -> anyhow::Result<ExitCode> {
     let v: Value = resp.json().await?;
     let functions = v["functions"].as_array().cloned().unwrap_or_default();
     println!(
-        "{:<24} {:<8} {:>7} {:>8}  {:<20} IMAGE",
+        "{:<24} {:<8} {:>9} {:>9}  {:<19}  IMAGE",
         "NAME", "CONTRACT", "MEMORY", "TIMEOUT", "DIGEST"
     );
     for f in functions {
         let digest = f["image_digest"].as_str().unwrap_or_default();
         println!(
-            "{:<24} {:<8} {:>4} MB {:>6} s  {:<20} {}",
+            "{:<24} {:<8} {:>9} {:>9}  {:<19}  {}",
             f["name"].as_str().unwrap_or_default(),
             f["contract"].as_str().unwrap_or_default(),
-            f["memory_mb"],
-            f["timeout_s"],
+            format!("{} MB", f["memory_mb"]),
+            format!("{} s", f["timeout_s"]),
             digest.get(..19).unwrap_or(digest),
             f["image"].as_str().unwrap_or_default(),
         );

@@ -33,6 +33,7 @@ pub async fn run(global: Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    let mut signals = Signals::install()?;
     if !rustix::process::geteuid().is_root() {
         bail!(
             "wharf serve needs root: it mounts filesystems, creates cgroups and namespaces \
@@ -90,6 +91,37 @@ pub async fn run(global: Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
         },
     );
     let app = App::new(store, logs, images, pool.clone(), token);
+    let result = match start_api(&app, &args, &data_dir).await {
+        Ok((server, stop_accepting)) => {
+            signals.wait().await;
+            info!("shutting down: stopping instances");
+            // Stop taking connections, then stop the instances at once: in-flight invocations
+            // end with an error instead of holding the daemon for up to their timeout.
+            let _ = stop_accepting.send(());
+            pool.shutdown().await;
+            drain(server).await
+        }
+        Err(e) => {
+            // Whatever the pool and the sandbox set up on the host goes, also on this path.
+            pool.shutdown().await;
+            Err(e)
+        }
+    };
+    let _ = std::fs::remove_file(data_dir.join(ADDR_FILE));
+    result?;
+    info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+type Server = tokio::task::JoinHandle<std::io::Result<()>>;
+
+/// Restores the stored functions, binds the API and serves it in a task until told to stop
+/// accepting.
+async fn start_api(
+    app: &Arc<App>,
+    args: &ServeArgs,
+    data_dir: &Path,
+) -> anyhow::Result<(Server, tokio::sync::oneshot::Sender<()>)> {
     let restored = app.restore()?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -101,7 +133,6 @@ pub async fn run(global: Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
         functions = restored,
         "listening on http://{addr}"
     );
-
     let (stop_accepting, stopped_accepting) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
         axum::serve(listener, app.router())
@@ -110,28 +141,44 @@ pub async fn run(global: Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
             })
             .into_future(),
     );
-    shutdown_signal().await;
-    info!("shutting down: stopping instances");
-    // Stop taking connections, then stop the instances at once: in-flight invocations end with
-    // an error instead of holding the daemon for up to their timeout.
-    let _ = stop_accepting.send(());
-    pool.shutdown().await;
-    match tokio::time::timeout(DRAIN_TIMEOUT, server).await {
-        Ok(Ok(served)) => served.context("the API server failed")?,
-        Ok(Err(e)) => tracing::warn!(error = %e, "the API server task failed"),
-        Err(_) => tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}: closing them"),
-    }
-    let _ = std::fs::remove_file(data_dir.join(ADDR_FILE));
-    info!("stopped");
-    Ok(ExitCode::SUCCESS)
+    Ok((server, stop_accepting))
 }
 
-async fn shutdown_signal() {
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// Waits for open connections to finish, at most [`DRAIN_TIMEOUT`].
+async fn drain(server: Server) -> anyhow::Result<()> {
+    match tokio::time::timeout(DRAIN_TIMEOUT, server).await {
+        Ok(Ok(served)) => served.context("the API server failed"),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "the API server task failed");
+            Ok(())
+        }
+        Err(_) => {
+            tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}: closing them");
+            Ok(())
+        }
+    }
+}
+
+/// SIGTERM and SIGINT, caught from the start so that a signal during start-up still ends in a
+/// clean shutdown.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+        })
+    }
+
+    async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
     }
 }
 

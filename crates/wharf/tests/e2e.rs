@@ -771,3 +771,44 @@ async fn the_api_speaks_json_errors_and_functions_cannot_forge_wharf_headers() {
     assert_eq!(lower.status(), 200);
     env.finish();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_that_cannot_start_says_why_and_leaves_nothing() {
+    if needs_root() {
+        return;
+    }
+    let serve = |data_dir: &std::path::Path, listen: &str, parent: &str| {
+        std::process::Command::new(WHARF)
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--listen", listen, "--cgroup-parent", parent])
+            .output()
+            .expect("run wharf serve")
+    };
+    // The port is taken.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = serve(&data, &port, "wharf-test-busyport");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("cannot listen on {port}")),
+        "{}",
+        stderr(&out)
+    );
+    let left = wharf_test_support::daemon::leftovers(&data, "wharf-test-busyport");
+    assert!(left.is_empty(), "left behind: {left:#?}");
+
+    // The data directory is in use by another daemon.
+    let running = Wharf::start(WHARF.as_ref(), WharfOptions::default()).expect("start");
+    let out = serve(running.data_dir(), "127.0.0.1:0", "wharf-test-second");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("another `wharf serve`"),
+        "{}",
+        stderr(&out)
+    );
+    drop(running);
+}
