@@ -154,39 +154,46 @@ impl PoolInstance {
                 });
             }
         };
-        let addresses = instance.listen_addresses(port);
-        if !addresses.is_empty() && addresses.iter().all(|a| a.is_loopback()) {
-            let message = format!(
-                "the server listens on {} port {port} only: Wharf reaches it, but the clouds \
-                 connect from outside the instance and would not (FunctionNotStarted); listen \
-                 on 0.0.0.0:{port}",
-                addresses
-                    .iter()
-                    .map(|a| a.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-            warn!(instance = %id, "{message}");
-            spec.log.system(&id, &message);
-        }
         let took = t0.elapsed();
         spec.log.system(
             &id,
             &format!("instance started in {:.1} ms", took.as_secs_f64() * 1e3),
         );
         debug!(instance = %id, ms = took.as_secs_f64() * 1e3, "instance ready");
-        Ok((
-            Arc::new(PoolInstance {
-                revision,
-                instance,
-                conn: tokio::sync::Mutex::new(Some(sender)),
-                initialized: AtomicBool::new(false),
-                last_used: Mutex::new(Instant::now()),
-                requests: AtomicU64::new(0),
-                stop_noted: AtomicBool::new(false),
-            }),
-            took,
-        ))
+        let started = Arc::new(PoolInstance {
+            revision,
+            instance,
+            conn: tokio::sync::Mutex::new(Some(sender)),
+            initialized: AtomicBool::new(false),
+            last_used: Mutex::new(Instant::now()),
+            requests: AtomicU64::new(0),
+            stop_noted: AtomicBool::new(false),
+        });
+        let probe = started.clone();
+        pool.tasks
+            .spawn(async move { probe.warn_if_loopback_only().await });
+        Ok((started, took))
+    }
+
+    /// A server bound to 127.0.0.1 works here (Wharf connects through the instance's own
+    /// loopback) but not on the clouds, which connect from outside: say so in the function's
+    /// log. Runs off the cold-start path; a connection to another loopback address answers
+    /// only if the server listens on every address.
+    async fn warn_if_loopback_only(&self) {
+        let port = self.revision.context.port;
+        let elsewhere = std::net::Ipv4Addr::new(127, 0, 0, 2);
+        match self.instance.connect_to(elsewhere, port).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                let message = format!(
+                    "the server listens on 127.0.0.1 port {port} only: Wharf reaches it, but \
+                     the clouds connect from outside the instance and would not \
+                     (FunctionNotStarted); listen on 0.0.0.0:{port}"
+                );
+                warn!(instance = %self.id(), "{message}");
+                self.revision.spec.log.system(self.id(), &message);
+            }
+            _ => {}
+        }
     }
 
     pub fn id(&self) -> &str {

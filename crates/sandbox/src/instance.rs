@@ -57,6 +57,21 @@ impl Instance {
         self.sandbox.connector.connect(&self.netns, port).await
     }
 
+    /// A TCP connection to `ip:port` inside the instance's network namespace. The namespace
+    /// has only `lo`, which answers for all of 127.0.0.0/8: connecting to another loopback
+    /// address than 127.0.0.1 tells whether a server listens on every address or on 127.0.0.1
+    /// only.
+    pub async fn connect_to(
+        &self,
+        ip: std::net::Ipv4Addr,
+        port: u16,
+    ) -> std::io::Result<TcpStream> {
+        self.sandbox
+            .connector
+            .connect_to(&self.netns, ip, port)
+            .await
+    }
+
     /// Wait until something listens on `port` inside the instance and return that first
     /// connection; [`NotListening::Exited`] as soon as the init exits,
     /// [`NotListening::Deadline`] after `deadline`.
@@ -73,17 +88,6 @@ impl Instance {
             &self.exit,
         )
         .await
-    }
-
-    /// The addresses something listens on at `port` inside the instance (empty if nothing).
-    pub fn listen_addresses(&self, port: u16) -> Vec<std::net::IpAddr> {
-        let mut found = Vec::new();
-        for (table, v6) in [("tcp", false), ("tcp6", true)] {
-            if let Ok(text) = std::fs::read_to_string(format!("/proc/{}/net/{table}", self.pid)) {
-                found.extend(crate::listeners::parse_listeners(&text, port, v6));
-            }
-        }
-        found
     }
 
     /// How the init process ended, once it has.

@@ -42,7 +42,6 @@ mod host;
 mod instance;
 mod instance_start;
 mod instance_stop;
-mod listeners;
 mod netns;
 mod output;
 mod readiness;

@@ -75,11 +75,19 @@ impl Connector {
 
     /// Connect to `127.0.0.1:port` inside `netns`, with `TCP_NODELAY`.
     pub async fn connect(&self, netns: &Arc<OwnedFd>, port: u16) -> io::Result<TcpStream> {
+        self.connect_to(netns, Ipv4Addr::LOCALHOST, port).await
+    }
+
+    /// Connect to `ip:port` inside `netns`, with `TCP_NODELAY`.
+    pub async fn connect_to(
+        &self,
+        netns: &Arc<OwnedFd>,
+        ip: Ipv4Addr,
+        port: u16,
+    ) -> io::Result<TcpStream> {
         let fd = self.socket(netns).await?;
         let socket = TcpSocket::from_std_stream(std::net::TcpStream::from(fd));
-        let stream = socket
-            .connect(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
-            .await?;
+        let stream = socket.connect(SocketAddr::from((ip, port))).await?;
         stream.set_nodelay(true)?;
         Ok(stream)
     }
