@@ -60,7 +60,7 @@ pub enum InvokeError {
     },
     #[error(
         "function {name}: instance {instance} exited during the invocation ({exit}). Logs: {output}",
-        exit = exit.map(|e| format!("{e:?}")).unwrap_or_else(|| "no exit status".into())
+        exit = exit.map(|e| e.to_string()).unwrap_or_else(|| "no exit status".into())
     )]
     Crashed {
         name: String,

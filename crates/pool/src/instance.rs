@@ -122,7 +122,7 @@ impl PoolInstance {
                 let output = instance.recent_output();
                 let message = match why {
                     NotListening::Exited(exit) => format!(
-                        "the instance exited ({exit:?}) before its server listened on port \
+                        "the instance exited ({exit}) before its server listened on port \
                          {port}. Logs: {}",
                         wharf_contract::printed(&output)
                     ),
@@ -290,7 +290,7 @@ impl PoolInstance {
             self.requests.load(Ordering::Relaxed)
         );
         if let Some(exit) = report.exit {
-            note.push_str(&format!(", exit {exit:?}"));
+            note.push_str(&format!(", {exit}"));
         }
         if let Some(peak) = report.memory_peak_bytes {
             note.push_str(&format!(

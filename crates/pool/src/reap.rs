@@ -41,7 +41,7 @@ fn sweep(pool: &PoolInner) {
             if let Some(exit) = i.sandbox().exit_status() {
                 i.revision.spec.log.system(
                     i.id(),
-                    &format!("instance exited on its own while idle ({exit:?})"),
+                    &format!("instance exited on its own while idle ({exit})"),
                 );
             }
         }
