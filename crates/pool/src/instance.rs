@@ -6,60 +6,24 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
 use tracing::{debug, warn};
 use wharf_contract::ContractRequest;
 use wharf_sandbox::{Instance, NotListening};
 
+use crate::connection::{Conn, ExchangeError};
 use crate::function::Revision;
 use crate::{InvokeError, PoolInner, instance_spec};
-
-/// Response headers an instance may send, at most; beyond it the response is refused.
-const MAX_RESPONSE_HEADERS: usize = 100;
 
 pub(crate) struct PoolInstance {
     pub revision: Arc<Revision>,
     instance: Instance,
-    conn: tokio::sync::Mutex<Option<SendRequest<Full<Bytes>>>>,
+    /// The kept connection, checked out by the exchange using it.
+    conn: Mutex<Option<Conn>>,
     initialized: AtomicBool,
     last_used: Mutex<Instant>,
     requests: AtomicU64,
     /// The note about the stop is written once, however many callers stop the instance.
     stop_noted: AtomicBool,
-}
-
-/// Why a request could not be exchanged with an instance.
-#[derive(Debug)]
-pub(crate) enum ExchangeError {
-    Connect(std::io::Error),
-    Http(hyper::Error),
-}
-
-impl std::fmt::Display for ExchangeError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ExchangeError::Connect(e) => write!(f, "cannot connect: {e}"),
-            ExchangeError::Http(e) => write!(f, "{e}"),
-        }
-    }
-}
-
-async fn handshake(
-    stream: tokio::net::TcpStream,
-) -> Result<SendRequest<Full<Bytes>>, hyper::Error> {
-    let (sender, conn) = http1::Builder::new()
-        .max_headers(MAX_RESPONSE_HEADERS)
-        .handshake(TokioIo::new(stream))
-        .await?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            debug!(error = %e, "instance connection ended");
-        }
-    });
-    Ok(sender)
 }
 
 fn random_suffix() -> String {
@@ -143,8 +107,8 @@ impl PoolInstance {
                 });
             }
         };
-        let sender = match handshake(stream).await {
-            Ok(s) => s,
+        let conn = match Conn::open(stream).await {
+            Ok(c) => c,
             Err(e) => {
                 instance.stop(pool.config.stop_grace).await;
                 return Err(InvokeError::Unreachable {
@@ -163,7 +127,7 @@ impl PoolInstance {
         let started = Arc::new(PoolInstance {
             revision,
             instance,
-            conn: tokio::sync::Mutex::new(Some(sender)),
+            conn: Mutex::new(Some(conn)),
             initialized: AtomicBool::new(false),
             last_used: Mutex::new(Instant::now()),
             requests: AtomicU64::new(0),
@@ -231,50 +195,57 @@ impl PoolInstance {
         self.requests.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Sends `req` on the instance's keep-alive connection, or on a new one opened through the
-    /// instance's network namespace when there is none. A request the kept connection never
-    /// wrote (the server closed it while idle, a race every keep-alive client meets) is sent
-    /// again on a new connection; one that may have reached the server is never resent.
+    /// Sends `req` and reads the whole answer (its body at most `limit` bytes), on the
+    /// instance's kept connection or on a new one opened through the instance's network
+    /// namespace when there is none. A request the kept connection never wrote (the server
+    /// closed it while idle, a race every keep-alive client meets) is sent again on a new
+    /// connection; one that may have reached the server is never resent.
     pub async fn exchange(
         &self,
         req: ContractRequest,
-    ) -> Result<hyper::Response<Incoming>, ExchangeError> {
-        let mut pending = Some(req);
-        let on_kept = {
-            let mut conn = self.conn.lock().await;
-            match conn.as_mut() {
-                Some(s) if !s.is_closed() => match s.ready().await {
-                    Ok(()) => Some(s.try_send_request(pending.take().expect("not sent yet"))),
-                    Err(_) => None,
-                },
-                _ => None,
-            }
-        };
-        if let Some(answer) = on_kept {
-            match answer.await {
-                Ok(resp) => return Ok(resp),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => {
-                        debug!(instance = %self.id(), "kept connection closed before the request was written: reconnecting");
-                        pending = Some(unsent);
+        limit: usize,
+    ) -> Result<(http::response::Parts, Bytes), ExchangeError> {
+        let kept = self.conn.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let req = match kept {
+            Some(mut conn) if !conn.is_closed() => {
+                if conn.ready().await {
+                    match conn.exchange(req, limit).await {
+                        Ok(answer) => {
+                            self.keep(conn);
+                            return Ok(answer);
+                        }
+                        Err(ExchangeError::NotSent(req, e)) => {
+                            debug!(instance = %self.id(), error = %e, "kept connection closed before the request was written: reconnecting");
+                            *req
+                        }
+                        Err(e) => return Err(e),
                     }
-                    None => return Err(ExchangeError::Http(e.into_error())),
-                },
+                } else {
+                    req
+                }
             }
-        }
-        let answer = {
-            let mut conn = self.conn.lock().await;
-            let stream = self
-                .instance
-                .connect(self.revision.context.port)
-                .await
-                .map_err(ExchangeError::Connect)?;
-            let mut sender = handshake(stream).await.map_err(ExchangeError::Http)?;
-            let answer = sender.send_request(pending.take().expect("not sent yet"));
-            *conn = Some(sender);
-            answer
+            _ => req,
         };
-        answer.await.map_err(ExchangeError::Http)
+        let stream = self
+            .instance
+            .connect(self.revision.context.port)
+            .await
+            .map_err(|e| ExchangeError::Broken(format!("cannot connect: {e}")))?;
+        let mut conn = Conn::open(stream)
+            .await
+            .map_err(|e| ExchangeError::Broken(e.to_string()))?;
+        let answer = conn.exchange(req, limit).await.map_err(|e| match e {
+            ExchangeError::NotSent(_, e) => ExchangeError::Broken(e.to_string()),
+            other => other,
+        })?;
+        self.keep(conn);
+        Ok(answer)
+    }
+
+    fn keep(&self, conn: Conn) {
+        if !conn.is_closed() {
+            *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn);
+        }
     }
 
     /// Stops the instance and notes it in the function's log. Every caller waits until the

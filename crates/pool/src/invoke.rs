@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use wharf_contract::{HookOutcome, Outcome};
 
 use crate::function::{Acquired, FunctionPool, Refused};
-use crate::instance::{ExchangeError, PoolInstance};
+use crate::connection::ExchangeError;
+use crate::instance::PoolInstance;
 use crate::{InvokeError, Pool, PoolInner};
 
 /// Largest response body read from a function (FC's synchronous payload limit).
@@ -133,28 +133,17 @@ async fn serve(
         .contract
         .invoke_request(&revision.context, request_id, event);
     let t0 = Instant::now();
-    // Inside the timeout: the whole answer, body included. `None` in the error: too large.
-    let exchange = async {
-        let resp = instance
-            .exchange(req)
-            .await
-            .map_err(|e| Some(e.to_string()))?;
-        let (parts, body) = resp.into_parts();
-        let body = Limited::new(body, MAX_RESPONSE_BYTES)
-            .collect()
-            .await
-            .map_err(|e| (!e.is::<LengthLimitError>()).then(|| e.to_string()))?;
-        Ok::<_, Option<String>>((parts, body.to_bytes()))
-    };
+    // Inside the timeout: the whole answer, body included.
+    let exchange = instance.exchange(req, MAX_RESPONSE_BYTES);
     let (parts, body) = match tokio::time::timeout(revision.spec.timeout, exchange).await {
         Ok(Ok(answer)) => answer,
-        Ok(Err(Some(reason))) => return Err(broken(instance, reason).await),
-        Ok(Err(None)) => {
+        Ok(Err(ExchangeError::TooLarge)) => {
             return Err(InvokeError::ResponseTooLarge {
                 name: name.clone(),
                 limit: MAX_RESPONSE_BYTES,
             });
         }
+        Ok(Err(e)) => return Err(broken(instance, e.to_string()).await),
         Err(_) => {
             return Err(InvokeError::Timeout {
                 name: name.clone(),
@@ -205,17 +194,9 @@ async fn initialize(
         reason,
         restarted,
     };
-    let call = async {
-        let resp = instance.exchange(req).await?;
-        let status = resp.status();
-        // Drain the body so the connection can be reused.
-        let _ = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
-            .collect()
-            .await;
-        Ok::<_, ExchangeError>(status)
-    };
+    let call = instance.exchange(req, MAX_RESPONSE_BYTES);
     let status = match tokio::time::timeout(timeout, call).await {
-        Ok(Ok(status)) => status,
+        Ok(Ok((parts, _))) => parts.status,
         Ok(Err(e)) => return Err(broken(instance, e.to_string()).await),
         Err(_) => {
             return Err(failed(

@@ -15,6 +15,7 @@
 //!   knows processes. The pool turns a function revision into an instance spec
 //!   ([`instance_spec`]) and an event into an answer ([`Pool::invoke`]).
 
+mod connection;
 mod error;
 mod function;
 mod instance;
