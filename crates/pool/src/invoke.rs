@@ -8,8 +8,8 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use wharf_contract::{HookOutcome, Outcome};
 
-use crate::function::{Acquired, FunctionPool, Refused};
 use crate::connection::ExchangeError;
+use crate::function::{Acquired, FunctionPool, Refused};
 use crate::instance::PoolInstance;
 use crate::{InvokeError, Pool, PoolInner};
 

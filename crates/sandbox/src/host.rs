@@ -77,6 +77,11 @@ pub(crate) trait Host: Send + Sync + 'static {
     fn find_program(&self, name: &str) -> Option<PathBuf>;
     /// Run the runtime binary to completion (blocking).
     fn run(&self, command: RuntimeCommand) -> io::Result<CommandOutput>;
+    /// Releases a created container whose init waits *reading* `fifo` (crun's `exec.fifo`):
+    /// open it for writing without blocking, unlink it, write one byte — what `crun start`
+    /// does. `Ok(false)` when nobody reads it (no such fifo, or runc, whose init *writes* its
+    /// fifo): the caller then runs `runtime start`.
+    fn release_exec_fifo(&self, fifo: &Path) -> io::Result<bool>;
     /// The hard `RLIMIT_NOFILE` of this process (`None` = unlimited).
     fn nofile_hard_limit(&self) -> Option<u64>;
 }
@@ -226,6 +231,29 @@ impl Host for RealHost {
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
         })
+    }
+
+    fn release_exec_fifo(&self, fifo: &Path) -> io::Result<bool> {
+        use rustix::fs::{Mode, OFlags};
+        let fd = match rustix::fs::open(
+            fifo,
+            OFlags::WRONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            // ENXIO: a fifo without a reader; ENOENT: none at all.
+            Err(rustix::io::Errno::NXIO | rustix::io::Errno::NOENT) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        if !rustix::fs::fstat(&fd)
+            .map(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_fifo())
+            .unwrap_or(false)
+        {
+            return Ok(false);
+        }
+        rustix::fs::unlink(fifo)?;
+        rustix::io::write(&fd, &[0u8])?;
+        Ok(true)
     }
 
     fn nofile_hard_limit(&self) -> Option<u64> {
@@ -461,6 +489,10 @@ pub(crate) mod fake {
                 success: true,
                 ..Default::default()
             }))
+        }
+
+        fn release_exec_fifo(&self, _fifo: &Path) -> io::Result<bool> {
+            Ok(false)
         }
 
         fn nofile_hard_limit(&self) -> Option<u64> {

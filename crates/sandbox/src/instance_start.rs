@@ -7,7 +7,8 @@
 //! 4. `runtime create` with the container's stdout/stderr = our pipes, the runtime's own
 //!    errors in a JSON log;
 //! 5. a pidfd for the init (from the pid file), its netns, the exit watcher;
-//! 6. `runtime start`.
+//! 6. start: crun's init waits reading an exec fifo, which we write ourselves as `crun start`
+//!    would (one runtime process per cold start instead of two); otherwise `runtime start`.
 //!
 //! Each step records what it did; on failure the steps are undone in reverse order and a
 //! cleanup failure is reported together with the original error.
@@ -261,18 +262,28 @@ async fn start_steps(
             source,
         })?;
 
-    // 6. runtime start.
+    // 6. Start: through crun's exec fifo when that is how this runtime waits (no second
+    // runtime process on the cold-start path), else `runtime start`.
     let t = Instant::now();
-    let out = run_runtime(&sb.host, sb.runtime.start(id))
-        .await
-        .map_err(|source| runtime_exec_err(sb, id, "start", source))?;
-    if !out.success {
-        return Err(StartError::Runtime {
-            id: id.to_owned(),
-            runtime: sb.runtime.kind,
-            verb: "start",
-            message: crate::runtime::failure_message(&out, None),
-        });
+    let released = match sb.runtime.exec_fifo(id) {
+        Some(fifo) => sb.host.release_exec_fifo(&fifo).unwrap_or_else(|e| {
+            debug!(instance = %id, error = %e, "starting through the exec fifo failed; running the runtime");
+            false
+        }),
+        None => false,
+    };
+    if !released {
+        let out = run_runtime(&sb.host, sb.runtime.start(id))
+            .await
+            .map_err(|source| runtime_exec_err(sb, id, "start", source))?;
+        if !out.success {
+            return Err(StartError::Runtime {
+                id: id.to_owned(),
+                runtime: sb.runtime.kind,
+                verb: "start",
+                message: crate::runtime::failure_message(&out, None),
+            });
+        }
     }
     let timings = StartTimings {
         prepare: prepared,

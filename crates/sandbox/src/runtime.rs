@@ -77,6 +77,13 @@ impl Runtime {
         self.command(["start".into(), id.into()])
     }
 
+    /// Where crun keeps the fifo a created container's init waits on (`<root>/<id>/exec.fifo`).
+    /// Starting through it saves running the runtime a second time on the cold-start path; see
+    /// [`Host::release_exec_fifo`](crate::host::Host::release_exec_fifo).
+    pub fn exec_fifo(&self, id: &str) -> Option<PathBuf> {
+        (self.kind == RuntimeKind::Crun).then(|| self.root.join(id).join("exec.fifo"))
+    }
+
     pub fn delete_force(&self, id: &str) -> RuntimeCommand {
         self.command(["delete".into(), "--force".into(), id.into()])
     }
