@@ -93,7 +93,7 @@ impl Runtime {
     pub fn describe(&self) -> String {
         match &self.hide {
             Some(_) => format!(
-                "{} {} in a private mount namespace without {UNIFIED}",
+                "{} {} (private mount ns without {UNIFIED}, as Wharf runs it)",
                 self.kind.name(),
                 self.version
             ),
@@ -249,6 +249,11 @@ impl Baseline {
         let image_config: Value = serde_json::from_slice(&image.config.bytes)?;
         let mut config = self.spec_template()?;
         apply_image(&mut config, &image_config, &rootfs, memory_mb)?;
+        // The runtime creates missing mount points in the rootfs; containers started at once
+        // from one rootfs would race at that (crun 1.8: "cannot mkdir `sys`: File exists").
+        for dir in mount_point_tops(&config) {
+            std::fs::create_dir_all(rootfs.join(dir))?;
+        }
         Ok(Arc::new(Bundle {
             name: name.into(),
             config,
@@ -595,6 +600,19 @@ fn apply_image(
     Ok(())
 }
 
+/// The first component of every mount destination (`proc`, `dev`, `sys`, …).
+fn mount_point_tops(spec: &Value) -> BTreeSet<String> {
+    spec["mounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["destination"].as_str())
+        .filter_map(|d| d.trim_start_matches('/').split('/').next())
+        .filter(|top| !top.is_empty() && *top != "." && *top != "..")
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Whether memory+swap can be limited (Wharf then limits it to the memory limit too).
 fn host_accounts_swap() -> bool {
     Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists()
@@ -639,5 +657,15 @@ mod tests {
             json!(134_217_728)
         );
         assert_eq!(spec["linux"]["resources"]["devices"], json!([]));
+    }
+
+    #[test]
+    fn mount_points_are_created_at_their_top() {
+        let spec = json!({"mounts": [
+            {"destination": "/proc"}, {"destination": "/dev/pts"}, {"destination": "/dev"},
+            {"destination": "/sys/fs/cgroup"}, {"destination": "/../etc"}
+        ]});
+        let tops: Vec<String> = mount_point_tops(&spec).into_iter().collect();
+        assert_eq!(tops, ["dev", "proc", "sys"]);
     }
 }

@@ -39,7 +39,7 @@ use crate::setup::{Binaries, Daemon, Images};
 /// Measures Wharf against its baselines (docs/PERFORMANCE.md). Run it as root, through
 /// scripts/bench.sh, which builds the release binaries first.
 #[derive(Parser, Debug)]
-#[command(version)]
+#[command(version, args_override_self = true)]
 struct Args {
     /// Write the results as JSON to this file.
     #[arg(long, value_name = "FILE")]
@@ -173,7 +173,6 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     if cold_figures {
         let testfn = images.testfn.as_ref().expect("pushed");
         let daemon = Daemon::start(&bins, 0, "auto")?;
-        host.runtime = daemon.runtime.note.clone();
         progress!("cold daemon (--idle-timeout 0): {}", daemon.runtime.note);
         let baseline = cold::baseline_for(&daemon)?;
         if which("P1") {
@@ -196,7 +195,6 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     if warm_figures {
         let testfn = images.testfn.as_ref().expect("pushed");
         let daemon = Daemon::start(&bins, 3600, "auto")?;
-        host.runtime = daemon.runtime.note.clone();
         figures.extend(warm::p4_p5_p6(&daemon, testfn, &plan, &which).await);
     }
     if pull_figures {
@@ -213,7 +211,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             .await,
         );
     }
-    if args.full {
+    if args.full && (which("P10") || which("P11") || which("P12")) {
         let testfn = images.testfn.as_ref().expect("pushed");
         figures.extend(idle::idle(&bins, testfn, &plan).await);
     }
@@ -225,6 +223,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             .unwrap_or(u32::MAX)
     });
 
+    host.runtime = setup::AUTO_RUNTIME.get().cloned().unwrap_or_default();
     let elapsed = START.get_or_init(Instant::now).elapsed();
     let run = Run {
         format: report::FORMAT,

@@ -391,11 +391,16 @@ pub fn table(figures: &[Figure], against: Option<&Run>) -> String {
     if !notes.is_empty() || figures.iter().any(|f| f.baseline_is.is_some()) {
         let _ = writeln!(out);
     }
+    let mut last_baseline: Option<&str> = None;
     for f in figures {
         let mut parts = Vec::new();
-        if let Some(b) = &f.baseline_is {
+        // A baseline is described once for the lines that share it.
+        if let Some(b) = &f.baseline_is
+            && last_baseline != Some(b.as_str())
+        {
             parts.push(format!("baseline: {b}"));
         }
+        last_baseline = f.baseline_is.as_deref();
         if let Some(n) = &f.note {
             parts.push(n.clone());
         }
@@ -469,8 +474,11 @@ mod tests {
 
     #[test]
     fn table_is_aligned_and_has_notes() {
+        let mut p99 = p1(30.0, 20.0);
+        p99.name = "cold start p99".into();
         let figures = vec![
             p1(12.0, 10.0),
+            p99,
             Figure::not_available("P7", "P7", "thaw", "needs the freezer"),
         ];
         let t = table(&figures, None);
@@ -486,6 +494,8 @@ mod tests {
         );
         assert!(t.contains("P7 thaw: needs the freezer"));
         assert!(t.contains("P1 cold start p50: baseline: crun run -d"));
+        // The second line shares the baseline: it is described once.
+        assert!(!t.contains("P1 cold start p99:"), "{t}");
     }
 
     #[test]

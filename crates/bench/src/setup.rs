@@ -55,7 +55,8 @@ pub struct Pushed {
 pub struct Images {
     pub registry: Registry,
     pub testfn: Option<Pushed>,
-    pub node: Option<Pushed>,
+    /// `None` when not wanted; an error (no node or npm, say) is reported on its line.
+    pub node: Option<Result<Pushed, String>>,
     /// The pull image and its references per variant.
     pub big: Option<(BigImage, String, String)>,
 }
@@ -96,21 +97,28 @@ impl Images {
             });
         }
         if node {
-            let image = crate::images::node_image(cache)?;
-            pusher.push_image("bench/node", "latest", &image).await?;
-            progress!(
-                "pushed the Node/Express image ({} MiB compressed)",
-                image
-                    .layers
-                    .iter()
-                    .map(|l| l.blob.bytes.len())
-                    .sum::<usize>()
-                    >> 20
-            );
-            images.node = Some(Pushed {
-                reference: format!("{host}/bench/node:latest"),
-                image,
-            });
+            let pushed = async {
+                let image = crate::images::node_image(cache)?;
+                pusher.push_image("bench/node", "latest", &image).await?;
+                progress!(
+                    "pushed the Node/Express image ({} MiB compressed)",
+                    image
+                        .layers
+                        .iter()
+                        .map(|l| l.blob.bytes.len())
+                        .sum::<usize>()
+                        >> 20
+                );
+                anyhow::Ok(Pushed {
+                    reference: format!("{host}/bench/node:latest"),
+                    image,
+                })
+            }
+            .await;
+            if let Err(e) = &pushed {
+                progress!("no Node/Express image: {e:#}");
+            }
+            images.node = Some(pushed.map_err(|e| format!("{e:#}")));
         }
         if big {
             let image = BigImage::load_or_generate(cache)?;
@@ -137,6 +145,9 @@ impl Images {
     }
 }
 
+/// What the first daemon with `--runtime auto` said about its runtime, for the report.
+pub static AUTO_RUNTIME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 /// What a daemon said about its OCI runtime at start-up.
 #[derive(Clone, Debug)]
 pub struct ChosenRuntime {
@@ -154,14 +165,18 @@ pub struct Daemon {
 
 impl Daemon {
     /// `wharf serve --idle-timeout <idle> --runtime <runtime>` with a fresh data directory.
-    pub fn start(bins: &Binaries, idle_timeout_s: u64, runtime: &str) -> anyhow::Result<Daemon> {
+    pub fn start(
+        bins: &Binaries,
+        idle_timeout_s: u64,
+        runtime_arg: &str,
+    ) -> anyhow::Result<Daemon> {
         // Blocking calls on the runtime's one thread are fine here: nothing is being measured.
         let wharf = Wharf::start(
             &bins.wharf,
             WharfOptions {
                 idle_timeout_s,
                 stop_grace_s: 2,
-                runtime: runtime.into(),
+                runtime: runtime_arg.into(),
                 extra: Vec::new(),
             },
         )?;
@@ -171,6 +186,9 @@ impl Daemon {
             .parse()
             .context("the daemon's address")?;
         let runtime = chosen_runtime(&wharf.log())?;
+        if runtime_arg == "auto" {
+            let _ = AUTO_RUNTIME.set(runtime.note.clone());
+        }
         wharf_test_support::install_crypto_provider();
         let client = reqwest::Client::builder().no_proxy().build()?;
         Ok(Daemon {
@@ -191,6 +209,20 @@ impl Daemon {
 
     pub fn cgroup_parent(&self) -> &str {
         self.wharf().cgroup_parent()
+    }
+
+    /// Whether an instance is gone completely: its cgroup, and its bundle directory
+    /// (`instances/<id>/`), which a stop removes last, after unmounting the rootfs.
+    pub fn instance_gone(&self, id: &str) -> bool {
+        !crate::netns::instance_exists(self.cgroup_parent(), id)
+            && !self.wharf().data_dir().join("instances").join(id).exists()
+    }
+
+    /// Whether no instance exists, or is being stopped.
+    pub fn no_instances(&self) -> bool {
+        crate::netns::instances(self.cgroup_parent()).is_empty()
+            && std::fs::read_dir(self.wharf().data_dir().join("instances"))
+                .map_or(true, |mut d| d.next().is_none())
     }
 
     pub fn target(&self, function: &str) -> Target {

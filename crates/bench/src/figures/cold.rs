@@ -17,7 +17,6 @@ use anyhow::{Context, bail, ensure};
 use crate::baseline::{Baseline, Bundle, Runtime, RuntimeKind};
 use crate::figures::{Plan, wait_until};
 use crate::http::Answer;
-use crate::netns::{instance_exists, instances};
 use crate::progress;
 use crate::report::{Bound, Figure, Unit};
 use crate::setup::{Binaries, Daemon, Pushed};
@@ -54,7 +53,6 @@ async fn series(
         wharf: Samples::with_capacity(n),
         baseline: Samples::with_capacity(n),
     };
-    let parent = daemon.cgroup_parent().to_owned();
     for i in 0..=n {
         let (took, answer) = conn
             .timed(&prepared)
@@ -63,7 +61,7 @@ async fn series(
         check_cold(&answer)?;
         let id = answer.instance().unwrap_or_default().to_owned();
         wait_until(&format!("instance {id} to stop"), STOP_PATIENCE, || {
-            !instance_exists(&parent, &id)
+            daemon.instance_gone(&id)
         })
         .await?;
         let base = baseline_once(baseline, &bundle).await?;
@@ -109,7 +107,7 @@ pub async fn p1(
     daemon: &Daemon,
     baseline: &Arc<Baseline>,
     testfn: &Pushed,
-    node: Option<&Pushed>,
+    node: Option<&Result<Pushed, String>>,
     plan: &Plan,
 ) -> Vec<Figure> {
     let mut out = Vec::new();
@@ -148,7 +146,6 @@ pub async fn p1(
                 .ratio()
                 .bounds(&[Bound::RatioAtMost(1.3), Bound::AtMost(15.0)])
                 .samples(n, Some(s.baseline.len()))
-                .note(format!("Wharf chose: {}", daemon.runtime.note))
                 .judged(0),
             );
             out.push(
@@ -173,7 +170,15 @@ pub async fn p1(
             &e,
         )),
     }
-    if let Some(node) = node {
+    if let Some(Err(e)) = node {
+        out.push(Figure::error(
+            "P1.node.p50",
+            "P1",
+            "cold start, Node/Express",
+            &anyhow::anyhow!("{e}"),
+        ));
+    }
+    if let Some(Ok(node)) = node {
         progress!(
             "P1: cold starts of the Node/Express function, {} per side",
             plan.p1_node_samples
@@ -294,7 +299,6 @@ async fn p3_measure(
     let bundle = baseline.bundle("burst", &testfn.image, 9000, 128)?;
     let target = daemon.target("burst");
     let prepared = target.prepare(EVENT);
-    let parent = daemon.cgroup_parent().to_owned();
     let (mut w_lat, mut b_lat) = (Samples::new(), Samples::new());
     let (mut w_rates, mut b_rates) = (Vec::new(), Vec::new());
     let mut not_cold = 0;
@@ -319,7 +323,7 @@ async fn p3_measure(
         }
         w_rates.push(n as f64 / t0.elapsed().as_secs_f64());
         wait_until("the burst's instances to stop", STOP_PATIENCE, || {
-            instances(&parent).is_empty()
+            daemon.no_instances()
         })
         .await?;
 
@@ -347,28 +351,27 @@ async fn p3_measure(
         progress!("  burst {}/{}", round + 1, plan.p3_rounds);
     }
     let rt = baseline.runtime.describe();
-    let note = if not_cold > 0 {
-        format!("{not_cold} of the burst's answers were not cold starts")
-    } else {
-        format!("{n} concurrent cold starts per burst")
-    };
+    let mut rate = Figure::new(
+        "P3.rate",
+        "P3",
+        &format!("cold-start rate, burst of {n}"),
+        Unit::StartsPerSec,
+    )
+    .wharf(median(&w_rates).unwrap_or(f64::NAN))
+    .baseline(
+        &format!("{rt}: {n} containers at once, each run -d → first 200"),
+        median(&b_rates),
+    )
+    .ratio()
+    .bounds(&[Bound::AtLeast(150.0)])
+    .samples(w_rates.len(), Some(b_rates.len()));
+    if not_cold > 0 {
+        rate = rate.note(format!(
+            "{not_cold} of the bursts' answers were not cold starts"
+        ));
+    }
     Ok(vec![
-        Figure::new(
-            "P3.rate",
-            "P3",
-            &format!("cold-start rate, burst of {n}"),
-            Unit::StartsPerSec,
-        )
-        .wharf(median(&w_rates).unwrap_or(f64::NAN))
-        .baseline(
-            &format!("{rt}: {n} × (run -d → first 200) at once"),
-            median(&b_rates),
-        )
-        .ratio()
-        .bounds(&[Bound::AtLeast(150.0)])
-        .samples(w_rates.len(), Some(b_rates.len()))
-        .note(note)
-        .judged(0),
+        rate.judged(0),
         Figure::new(
             "P3.p99",
             "P3",
@@ -376,7 +379,10 @@ async fn p3_measure(
             Unit::Ms,
         )
         .wharf(w_lat.p99().map(ms).unwrap_or(f64::NAN))
-        .baseline(&format!("{rt}, same bursts"), b_lat.p99().map(ms))
+        .baseline(
+            &format!("{rt}: {n} containers at once, each run -d → first 200"),
+            b_lat.p99().map(ms),
+        )
         .ratio()
         .bounds(&[Bound::Below(50.0)])
         .samples(w_lat.len(), Some(b_lat.len()))
