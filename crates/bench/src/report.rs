@@ -358,7 +358,12 @@ pub fn table(figures: &[Figure], against: Option<&Run>) -> String {
         if let Some(before) = against {
             match change(f, before) {
                 Some(c) => {
-                    row.push(f.unit.format(c.before));
+                    // The earlier ratio too: across runs on a noisy machine, ratios compare.
+                    let old = before.figures.iter().find(|o| o.key == f.key);
+                    match old.map(|o| o.compared_text()).filter(|r| r != "-") {
+                        Some(r) => row.push(format!("{} ({r})", f.unit.format(c.before))),
+                        None => row.push(f.unit.format(c.before)),
+                    }
                     row.push(c.percent.map_or("-".into(), |p| format!("{p:+.1}%")));
                 }
                 None => row.extend(["-".into(), "-".into()]),
@@ -519,6 +524,6 @@ mod tests {
         let back: Run = serde_json::from_str(&json).unwrap();
         assert_eq!(back.figures, before.figures);
         let t = table(&[now], Some(&back));
-        assert!(t.contains("10.0 ms") && t.contains("+20.0%"), "{t}");
+        assert!(t.contains("10.0 ms (1.00x)") && t.contains("+20.0%"), "{t}");
     }
 }

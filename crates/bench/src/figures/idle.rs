@@ -80,6 +80,7 @@ async fn measure(bins: &Binaries, testfn: &Pushed, n: usize) -> anyhow::Result<V
     let pid = daemon.pid();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mem0 = mem_available_settled().await?;
+    let kernel0 = kernel_memory()?;
     let rss0 = rss(pid)?;
 
     // n calls at once, each holding its instance long enough for all n to start.
@@ -104,6 +105,7 @@ async fn measure(bins: &Binaries, testfn: &Pushed, n: usize) -> anyhow::Result<V
     tokio::time::sleep(Duration::from_secs(2)).await;
     let live = instances(daemon.cgroup_parent());
     let mem1 = mem_available_settled().await?;
+    let kernel1 = kernel_memory()?;
     let rss1 = rss(pid)?;
     let charged: Vec<u64> = live
         .iter()
@@ -138,10 +140,13 @@ async fn measure(bins: &Binaries, testfn: &Pushed, n: usize) -> anyhow::Result<V
         .wharf(mib((mem0 as f64 - mem1 as f64) / n as f64))
         .samples(n, None)
         .note(format!(
-            "MemAvailable drop / {n} (host-wide, so other activity shows too); charged to an \
-             instance's cgroup: {:.2} MiB on average; Wharf's processes beside the instances: \
-             {helpers}; the target (≤1 MiB) is for frozen instances",
-            mib(charged_mean)
+            "MemAvailable drop / {n}: host-wide, so whatever else runs shows too; per instance, \
+             charged to its cgroup {:.2} MiB, kernel (SUnreclaim+Percpu+KernelStack+PageTables) \
+             {:.2} MiB, Wharf's RSS {:.3} MiB; Wharf's processes beside the instances: {helpers}; \
+             the target (≤1 MiB) is for frozen instances",
+            mib(charged_mean),
+            mib((kernel1 as f64 - kernel0 as f64) / n as f64),
+            mib((rss1 as f64 - rss0 as f64) / n as f64),
         ))
         .judged(0),
         Figure::new(
@@ -211,6 +216,22 @@ async fn mem_available_settled() -> anyhow::Result<u64> {
     }
     reads.sort_unstable();
     Ok(reads[reads.len() / 2])
+}
+
+/// Unreclaimable kernel memory that namespaces, mounts, cgroups and processes cost, from
+/// /proc/meminfo, in bytes.
+fn kernel_memory() -> anyhow::Result<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo")?;
+    let field = |name: &str| -> u64 {
+        meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    Ok(field("SUnreclaim:") + field("Percpu:") + field("KernelStack:") + field("PageTables:"))
 }
 
 /// The memory charged to an instance's cgroup (v1 `memory.usage_in_bytes`, v2

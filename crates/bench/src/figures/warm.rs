@@ -57,10 +57,10 @@ fn p4_lines(mode: &str, key: &str, sides: load::Pair, base_is: &str) -> Vec<Figu
     }
     if w.other_instance > 0 {
         notes.push(format!(
-            "{} of Wharf's answers came from other instances than the direct calls' \
-             ({} instances answered)",
-            w.other_instance,
-            w.instances.len()
+            "Wharf's answers came from {} instances, {} of them not from the one direct calls \
+             went to",
+            w.instances.len(),
+            w.other_instance
         ));
     }
     let extra = w.extra_connections + d.extra_connections;
