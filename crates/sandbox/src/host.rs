@@ -129,8 +129,10 @@ impl Host for RealHost {
         debug!(target = %target.display(), layers = lower.len(), "mount overlay");
         match mount_overlay_fsconfig(lower, upper, work, target) {
             Ok(()) => Ok(()),
-            // `lowerdir+` needs Linux 6.8; older kernels take the classic option string.
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            // `lowerdir+` needs Linux 6.8; older kernels take the classic option string. The new
+            // mount API itself may be missing too (ENOSYS: old kernels, seccomp filters,
+            // valgrind).
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) => {
                 debug!("fsconfig lowerdir+ refused, falling back to mount(2)");
                 mount_overlay_classic(lower, upper, work, target)
             }
