@@ -103,6 +103,11 @@ pub struct ServeArgs {
     /// Seconds a new instance may take to listen [default: the contract's, 120 for fc]
     #[arg(long)]
     pub start_deadline: Option<u64>,
+    /// Threads that run the API and the invocations (blocking work has threads of its own).
+    /// One keeps a warm invocation on one thread, with no hand-offs between threads; more
+    /// spread the API over cores under heavy load
+    #[arg(long, default_value = "1")]
+    pub worker_threads: std::num::NonZeroUsize,
     /// Name of the cgroup under which instances' cgroups are created
     #[arg(long, default_value = "wharf")]
     pub cgroup_parent: String,

@@ -14,10 +14,17 @@ use crate::cli::{Cli, Command};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     wharf_image::install_crypto_provider();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    match &cli.command {
+        Command::Serve(args) => {
+            builder.worker_threads(args.worker_threads.get());
+        }
+        // A client makes one or two requests: one thread is plenty.
+        _ => {
+            builder.worker_threads(1);
+        }
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
