@@ -258,6 +258,24 @@ impl Daemon {
         Ok(took)
     }
 
+    /// Deletes a function (and stops its instances).
+    pub async fn delete(&self, name: &str) -> anyhow::Result<()> {
+        let resp = self
+            .client
+            .delete(format!("{}/v1/functions/{name}", self.wharf().url()))
+            .bearer_auth(self.wharf().token())
+            .send()
+            .await?;
+        let status = resp.status();
+        if !status.is_success() {
+            bail!(
+                "deleting {name} answered {status}: {}",
+                resp.text().await.unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+
     /// Stops the daemon and reports what it left on the host.
     pub fn stop(&mut self) -> anyhow::Result<()> {
         let Some(mut wharf) = self.wharf.take() else {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 
-use crate::figures::{Plan, cpu_seconds, mem_available, rss};
+use crate::figures::{Plan, cpu_seconds, rss, wait_until};
 use crate::netns::instances;
 use crate::progress;
 use crate::report::{Figure, Unit};
@@ -79,8 +79,7 @@ async fn measure(bins: &Binaries, testfn: &Pushed, n: usize) -> anyhow::Result<V
     }
     let pid = daemon.pid();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let mem0 = mem_available_settled().await?;
-    let kernel0 = kernel_memory()?;
+    let mem0 = Memory::settled().await?;
     let rss0 = rss(pid)?;
 
     // n calls at once, each holding its instance long enough for all n to start.
@@ -104,8 +103,7 @@ async fn measure(bins: &Binaries, testfn: &Pushed, n: usize) -> anyhow::Result<V
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let live = instances(daemon.cgroup_parent());
-    let mem1 = mem_available_settled().await?;
-    let kernel1 = kernel_memory()?;
+    let mem1 = Memory::settled().await?;
     let rss1 = rss(pid)?;
     let charged: Vec<u64> = live
         .iter()
@@ -121,6 +119,23 @@ async fn measure(bins: &Binaries, testfn: &Pushed, n: usize) -> anyhow::Result<V
     // make the process's sum step back a little.
     let cpu = ((cpu_seconds(pid)? - c0) / IDLE_WINDOW.as_secs_f64() * 100.0).max(0.0);
     let helpers = helper_processes(pid, daemon.cgroup_parent());
+
+    // And back: the instances go, and the memory they held comes back. Averaging the growth
+    // and the shrinkage cancels whatever drifts steadily meanwhile (other processes, reclaim).
+    progress!("idle: deleting the functions");
+    for f in &functions {
+        daemon.delete(f).await?;
+    }
+    wait_until(
+        "the idle instances to stop",
+        Duration::from_secs(120),
+        || daemon.no_instances(),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mem2 = Memory::settled().await?;
+    let per_instance =
+        |f: fn(&Memory) -> f64| ((f(&mem1) - f(&mem0)) + (f(&mem1) - f(&mem2))) / 2.0 / n as f64;
     let helpers = if helpers.is_empty() {
         "none".to_string()
     } else {
@@ -137,16 +152,19 @@ async fn measure(bins: &Binaries, testfn: &Pushed, n: usize) -> anyhow::Result<V
             &format!("host memory per instance ({label})"),
             Unit::MiB,
         )
-        .wharf(mib((mem0 as f64 - mem1 as f64) / n as f64))
+        .wharf(mib(per_instance(|m| m.used_for_good)))
         .samples(n, None)
         .note(format!(
-            "MemAvailable drop / {n}: host-wide, so whatever else runs shows too; per instance, \
-             charged to its cgroup {:.2} MiB, kernel (SUnreclaim+Percpu+KernelStack+PageTables) \
-             {:.2} MiB, Wharf's RSS {:.3} MiB; Wharf's processes beside the instances: {helpers}; \
-             the target (≤1 MiB) is for frozen instances",
+            "growth of the memory the host cannot reclaim (MemTotal − MemFree − Buffers − \
+             Cached − SReclaimable + Shmem) / {n}, averaged over starting and deleting the \
+             instances; by the same measure, MemAvailable {:.2} MiB and unreclaimable kernel \
+             memory {:.2} MiB; charged to an instance's cgroup {:.2} MiB, Wharf's RSS {:.3} MiB \
+             per instance; Wharf's processes beside the instances: {helpers}; the target \
+             (≤1 MiB) is for frozen instances",
+            mib(-per_instance(|m| m.available)),
+            mib(per_instance(|m| m.kernel)),
             mib(charged_mean),
-            mib((kernel1 as f64 - kernel0 as f64) / n as f64),
-            mib((rss1 as f64 - rss0 as f64) / n as f64),
+            mib(rss1 as f64 - rss0 as f64) / n as f64,
         ))
         .judged(0),
         Figure::new(
@@ -207,31 +225,58 @@ fn helper_processes(wharf: u32, cgroup_parent: &str) -> Vec<String> {
     found
 }
 
-/// `MemAvailable`, the median of a few reads over half a second.
-async fn mem_available_settled() -> anyhow::Result<u64> {
-    let mut reads = Vec::new();
-    for _ in 0..5 {
-        reads.push(mem_available()?);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    reads.sort_unstable();
-    Ok(reads[reads.len() / 2])
+/// What /proc/meminfo says, in bytes.
+struct Memory {
+    /// `MemAvailable`.
+    available: f64,
+    /// Memory that cannot be reclaimed: anonymous, tmpfs and unreclaimable kernel memory. Unlike
+    /// `MemAvailable`, it does not move when the page cache grows or is reclaimed (this VM
+    /// reclaims cold page cache continuously with DAMON).
+    used_for_good: f64,
+    /// Unreclaimable kernel memory: SUnreclaim + Percpu + KernelStack + PageTables.
+    kernel: f64,
 }
 
-/// Unreclaimable kernel memory that namespaces, mounts, cgroups and processes cost, from
-/// /proc/meminfo, in bytes.
-fn kernel_memory() -> anyhow::Result<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo")?;
-    let field = |name: &str| -> u64 {
-        meminfo
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|kb| kb.parse::<u64>().ok())
-            .unwrap_or(0)
-            * 1024
-    };
-    Ok(field("SUnreclaim:") + field("Percpu:") + field("KernelStack:") + field("PageTables:"))
+impl Memory {
+    fn read() -> anyhow::Result<Memory> {
+        let meminfo = std::fs::read_to_string("/proc/meminfo")?;
+        let f = |name: &str| -> f64 {
+            meminfo
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|kb| kb.parse::<f64>().ok())
+                .unwrap_or(0.0)
+                * 1024.0
+        };
+        Ok(Memory {
+            available: f("MemAvailable:"),
+            used_for_good: f("MemTotal:")
+                - f("MemFree:")
+                - f("Buffers:")
+                - f("Cached:")
+                - f("SReclaimable:")
+                + f("Shmem:"),
+            kernel: f("SUnreclaim:") + f("Percpu:") + f("KernelStack:") + f("PageTables:"),
+        })
+    }
+
+    /// The median of five reads over half a second, field by field.
+    async fn settled() -> anyhow::Result<Memory> {
+        let mut reads = Vec::new();
+        for _ in 0..5 {
+            reads.push(Memory::read()?);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let median = |f: fn(&Memory) -> f64| {
+            crate::stats::median(&reads.iter().map(f).collect::<Vec<_>>()).unwrap_or(0.0)
+        };
+        Ok(Memory {
+            available: median(|m| m.available),
+            used_for_good: median(|m| m.used_for_good),
+            kernel: median(|m| m.kernel),
+        })
+    }
 }
 
 /// The memory charged to an instance's cgroup (v1 `memory.usage_in_bytes`, v2

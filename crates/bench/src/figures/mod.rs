@@ -102,11 +102,6 @@ pub fn clock_ticks() -> f64 {
     rustix::param::clock_ticks_per_second() as f64
 }
 
-/// `MemAvailable` from /proc/meminfo, in bytes.
-pub fn mem_available() -> anyhow::Result<u64> {
-    meminfo_field(&std::fs::read_to_string("/proc/meminfo")?, "MemAvailable:")
-}
-
 /// `VmRSS` of a process, in bytes.
 pub fn rss(pid: u32) -> anyhow::Result<u64> {
     meminfo_field(
