@@ -299,3 +299,48 @@ pub async fn saturate(
     total.elapsed = t0.elapsed();
     (total, back)
 }
+
+/// Busy loops at `SCHED_IDLE` priority on every CPU, until dropped: they keep the CPUs out of
+/// their idle states without taking time from anything else (a waking task preempts them at
+/// once). On a VM an idle vCPU halts, and waking it costs a trip through the hypervisor, which
+/// at sub-millisecond latencies outweighs the work measured (`--awake`; see
+/// docs/PERFORMANCE.md).
+pub struct Awake {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Awake {
+    pub fn start() -> std::io::Result<Awake> {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut threads = Vec::new();
+        for _ in 0..cpus {
+            let stop = stop.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name("bench-awake".into())
+                    .spawn(move || {
+                        let param = libc::sched_param { sched_priority: 0 };
+                        // SAFETY: `param` is a valid sched_param; 0 is the calling thread.
+                        unsafe {
+                            libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
+                        }
+                        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            std::hint::spin_loop();
+                        }
+                    })?,
+            );
+        }
+        Ok(Awake { stop, threads })
+    }
+}
+
+impl Drop for Awake {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}

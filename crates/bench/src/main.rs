@@ -61,6 +61,10 @@ struct Args {
     /// Idle instances for --full.
     #[arg(long, default_value_t = 200, value_name = "N")]
     instances: usize,
+    /// Keep every CPU awake during P4 with idle-priority busy loops: on a VM, waking an idle
+    /// vCPU costs more than the sub-millisecond work P4 measures.
+    #[arg(long)]
+    awake: bool,
     /// Requests per second per side for P4's fixed-rate run.
     #[arg(long, default_value_t = 1000.0, value_name = "R")]
     rate: f64,
@@ -150,7 +154,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let plan = Plan::new(args.samples, args.rate, args.instances);
+    let plan = Plan::new(args.samples, args.rate, args.instances, args.awake);
     let bins = Binaries::find()?;
     std::fs::create_dir_all(&args.cache_dir)?;
     let cache = args.cache_dir.canonicalize()?;

@@ -32,10 +32,12 @@ pub struct Plan {
     pub pull_samples: usize,
     /// `--full`: idle instances.
     pub idle_instances: usize,
+    /// `--awake`: keep the CPUs out of idle during P4.
+    pub awake: bool,
 }
 
 impl Plan {
-    pub fn new(samples: usize, rate: f64, instances: usize) -> Plan {
+    pub fn new(samples: usize, rate: f64, instances: usize, awake: bool) -> Plan {
         let n = samples.max(1);
         Plan {
             p1_samples: n,
@@ -51,6 +53,7 @@ impl Plan {
             p5_round: Duration::from_secs_f64((n as f64 / 50.0).clamp(0.5, 10.0)),
             pull_samples: (n / 33).max(2),
             idle_instances: instances,
+            awake,
         }
     }
 }
@@ -140,11 +143,11 @@ mod tests {
 
     #[test]
     fn plans_scale_with_samples() {
-        let p = Plan::new(100, 1000.0, 200);
+        let p = Plan::new(100, 1000.0, 200, false);
         assert_eq!((p.p1_samples, p.p1_node_samples, p.p3_rounds), (100, 20, 3));
         assert_eq!(p.p4_closed, 20_000);
         assert_eq!(p.pull_samples, 3);
-        let small = Plan::new(5, 1000.0, 200);
+        let small = Plan::new(5, 1000.0, 200, false);
         assert_eq!(
             (small.p1_node_samples, small.p3_rounds, small.pull_samples),
             (3, 1, 2)

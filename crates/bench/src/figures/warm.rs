@@ -29,14 +29,15 @@ fn body() -> Bytes {
     Bytes::from(b)
 }
 
-/// Deploys the warm function and makes one instance; returns Wharf's target.
+/// Deploys the warm function; returns Wharf's target for it.
 async fn deploy(daemon: &Daemon, testfn: &Pushed) -> anyhow::Result<Target> {
     daemon.deploy(FUNCTION, &testfn.reference, 128).await?;
     Ok(daemon.target(FUNCTION))
 }
 
 /// One call through Wharf, and a direct target for the instance that answered it: Wharf takes
-/// the most recently used idle instance, so calls that do not overlap keep going to it.
+/// the most recently used idle instance first, so calls that do not overlap should go to it
+/// (the notes say how many did not).
 async fn direct_to_next(daemon: &Daemon, wharf: &Target) -> anyhow::Result<(Target, String)> {
     let mut conn = wharf.connect().await?;
     let (_, answer) = conn.timed(&wharf.prepare(body())).await?;
@@ -159,6 +160,18 @@ pub async fn p4_p5_p6(
         Err(e) => return vec![Figure::error("P4.closed.p50", "P4", "warm latency", &e)],
     };
     if which("P4") {
+        let awake = match plan.awake.then(load::Awake::start).transpose() {
+            Ok(a) => a,
+            Err(e) => {
+                return vec![Figure::error(
+                    "P4.closed.p50",
+                    "P4",
+                    "warm latency",
+                    &e.into(),
+                )];
+            }
+        };
+        let before = out.len();
         match p4_closed(daemon, &wharf, plan).await {
             Ok(f) => out.extend(f),
             Err(e) => out.push(Figure::error(
@@ -177,6 +190,15 @@ pub async fn p4_p5_p6(
                 &e,
             )),
         }
+        if awake.is_some() {
+            for f in out[before..].iter_mut().filter(|f| f.key.ends_with(".p50")) {
+                f.note = Some(match f.note.take() {
+                    Some(n) => format!("CPUs kept awake (--awake); {n}"),
+                    None => "CPUs kept awake (--awake)".into(),
+                });
+            }
+        }
+        drop(awake);
     }
     if which("P5") || which("P6") {
         match p5_p6(daemon, &wharf, plan).await {
