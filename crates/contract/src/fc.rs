@@ -7,12 +7,12 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HOST};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode};
-use http_body_util::Full;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 
-use crate::{Contract, ContractKind, ContractRequest, FunctionContext, HookOutcome, Outcome};
+use crate::{
+    Contract, ContractKind, FunctionContext, HookOutcome, Outcome, Prepared, RequestTemplate,
+};
 
 /// The default `CAPort`.
 pub const DEFAULT_PORT: u16 = 9000;
@@ -41,24 +41,14 @@ fn header(v: impl ToString) -> HeaderValue {
 }
 
 impl Fc {
-    fn request(
-        &self,
-        f: &FunctionContext,
-        request_id: &str,
-        path: &'static str,
-        body: Bytes,
-    ) -> ContractRequest {
-        let mut req = Request::new(Full::new(body));
-        *req.method_mut() = Method::POST;
-        *req.uri_mut() = http::Uri::from_static(path);
-        let h = req.headers_mut();
+    fn template(&self, f: &FunctionContext, path: &'static str) -> RequestTemplate {
+        let mut h = HeaderMap::with_capacity(16);
         h.insert(HOST, header(format_args!("127.0.0.1:{}", f.port)));
         h.insert(
             CONTENT_TYPE,
             HeaderValue::from_static("application/octet-stream"),
         );
-        let pairs: [(&'static str, HeaderValue); 12] = [
-            ("x-fc-request-id", header(request_id)),
+        let pairs: [(&'static str, HeaderValue); 11] = [
             ("x-fc-function-name", header(&f.name)),
             ("x-fc-function-memory", header(f.memory_mb)),
             ("x-fc-function-timeout", header(f.timeout.as_secs())),
@@ -88,7 +78,12 @@ impl Fc {
                 header(t.as_secs()),
             );
         }
-        req
+        RequestTemplate {
+            method: Method::POST,
+            uri: http::Uri::from_static(path),
+            headers: h,
+            request_id_header: Some(HeaderName::from_static("x-fc-request-id")),
+        }
     }
 }
 
@@ -123,9 +118,13 @@ impl Contract for Fc {
         ]
     }
 
-    fn initialize_request(&self, f: &FunctionContext, request_id: &str) -> Option<ContractRequest> {
-        f.initializer_timeout?;
-        Some(self.request(f, request_id, "/initialize", Bytes::new()))
+    fn prepare(&self, f: &FunctionContext) -> Prepared {
+        Prepared {
+            invoke: self.template(f, "/invoke"),
+            initialize: f
+                .initializer_timeout
+                .map(|_| self.template(f, "/initialize")),
+        }
     }
 
     fn classify_hook(&self, status: StatusCode) -> HookOutcome {
@@ -134,15 +133,6 @@ impl Contract for Fc {
             StatusCode::INTERNAL_SERVER_ERROR => HookOutcome::Restart,
             status => HookOutcome::Failed { status },
         }
-    }
-
-    fn invoke_request(
-        &self,
-        f: &FunctionContext,
-        request_id: &str,
-        event: Bytes,
-    ) -> ContractRequest {
-        self.request(f, request_id, "/invoke", event)
     }
 
     fn classify(&self, status: StatusCode, headers: &HeaderMap) -> Outcome {
@@ -183,6 +173,7 @@ impl Contract for Fc {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     fn ctx(initializer: Option<u64>) -> FunctionContext {
         FunctionContext {
@@ -200,7 +191,10 @@ mod tests {
 
     #[test]
     fn invoke_request_carries_the_fc_headers() {
-        let req = Fc.invoke_request(&ctx(Some(5)), "req-1", Bytes::from_static(b"{}"));
+        let req = Fc
+            .prepare(&ctx(Some(5)))
+            .invoke
+            .request("req-1", Bytes::from_static(b"{}"));
         assert_eq!(req.method(), Method::POST);
         assert_eq!(req.uri(), "/invoke");
         let h = req.headers();
@@ -225,8 +219,12 @@ mod tests {
 
     #[test]
     fn initialize_only_when_configured() {
-        assert!(Fc.initialize_request(&ctx(None), "r").is_none());
-        let req = Fc.initialize_request(&ctx(Some(3)), "r").unwrap();
+        assert!(Fc.prepare(&ctx(None)).initialize.is_none());
+        let req = Fc
+            .prepare(&ctx(Some(3)))
+            .initialize
+            .unwrap()
+            .request("r", Bytes::new());
         assert_eq!(req.uri(), "/initialize");
         assert_eq!(
             req.headers()["x-fc-control-path"].to_str().unwrap(),

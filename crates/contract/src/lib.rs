@@ -107,6 +107,43 @@ pub struct FunctionContext {
     pub account_id: String,
 }
 
+/// A request that is the same for every call of a function revision but for its request id and
+/// body: built once per revision ([`Contract::prepare`]), stamped per call.
+#[derive(Clone, Debug)]
+pub struct RequestTemplate {
+    pub method: http::Method,
+    pub uri: http::Uri,
+    pub headers: HeaderMap,
+    /// The header that carries the request id, if the contract sends one.
+    pub request_id_header: Option<http::HeaderName>,
+}
+
+impl RequestTemplate {
+    /// The request for one call: the template's headers, this call's id and body.
+    pub fn request(&self, request_id: &str, body: Bytes) -> ContractRequest {
+        let mut req = Request::new(Full::new(body));
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        let mut headers = self.headers.clone();
+        if let Some(name) = &self.request_id_header
+            && let Ok(value) = http::HeaderValue::from_str(request_id)
+        {
+            headers.insert(name.clone(), value);
+        }
+        *req.headers_mut() = headers;
+        req
+    }
+}
+
+/// What an adapter prepares once per function revision.
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    /// The request that carries an event.
+    pub invoke: RequestTemplate,
+    /// The initialize hook's request, if the function has an initializer.
+    pub initialize: Option<RequestTemplate>,
+}
+
 /// How the function answered an invocation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -132,13 +169,12 @@ pub enum HookOutcome {
 /// One dialect. Lifecycle of the calls:
 ///
 /// - once per function revision: [`default_port`](Contract::default_port),
-///   [`start_deadline`](Contract::start_deadline), [`default_user`](Contract::default_user);
+///   [`start_deadline`](Contract::start_deadline), [`default_user`](Contract::default_user),
+///   [`prepare`](Contract::prepare) (the requests, but for their id and body);
 /// - once per instance, before it starts: [`environment`](Contract::environment);
-/// - once per instance, after its server listens, until it succeeds:
-///   [`initialize_request`](Contract::initialize_request) then
-///   [`classify_hook`](Contract::classify_hook);
-/// - per invocation: [`invoke_request`](Contract::invoke_request) then
-///   [`classify`](Contract::classify) and
+/// - once per instance, after its server listens, until it succeeds: the prepared initialize
+///   request, then [`classify_hook`](Contract::classify_hook);
+/// - per invocation: the prepared invoke request, then [`classify`](Contract::classify) and
 ///   [`response_header_allowed`](Contract::response_header_allowed) for each header;
 /// - when an instance never listens: [`not_started_message`](Contract::not_started_message).
 ///
@@ -154,16 +190,10 @@ pub trait Contract: Send + Sync + 'static {
     /// Variables the contract promises the image, applied over the image's own environment
     /// and under the function's.
     fn environment(&self, f: &FunctionContext) -> Vec<(String, String)>;
-    /// The initialize hook's request, if the function has an initializer.
-    fn initialize_request(&self, f: &FunctionContext, request_id: &str) -> Option<ContractRequest>;
+    /// The requests of a function revision: everything but each call's id and body, built
+    /// once so that a call only stamps them.
+    fn prepare(&self, f: &FunctionContext) -> Prepared;
     fn classify_hook(&self, status: StatusCode) -> HookOutcome;
-    /// The request that carries an event to the function.
-    fn invoke_request(
-        &self,
-        f: &FunctionContext,
-        request_id: &str,
-        event: Bytes,
-    ) -> ContractRequest;
     /// Success or function error, from the response head.
     fn classify(&self, status: StatusCode, headers: &HeaderMap) -> Outcome;
     /// Whether a response header of the function may be passed on to the caller.

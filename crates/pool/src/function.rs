@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use wharf_contract::{Contract, ContractKind, FunctionContext};
+use wharf_contract::{Contract, ContractKind, FunctionContext, Prepared};
 use wharf_image::RegistryAuth;
 use wharf_sandbox::OutputSink;
 
@@ -59,6 +59,8 @@ pub(crate) struct Revision {
     pub spec: FunctionSpec,
     pub contract: Arc<dyn Contract>,
     pub context: FunctionContext,
+    /// The contract's requests for this revision, stamped per call.
+    pub prepared: Prepared,
 }
 
 impl Revision {
@@ -81,10 +83,12 @@ impl Revision {
             region: config.region.clone(),
             account_id: config.account_id.clone(),
         };
+        let prepared = contract.prepare(&context);
         Ok(Arc::new(Revision {
             spec,
             contract,
             context,
+            prepared,
         }))
     }
 }

@@ -129,9 +129,7 @@ async fn serve(
     {
         initialize(instance, request_id, init_timeout).await?;
     }
-    let req = revision
-        .contract
-        .invoke_request(&revision.context, request_id, event);
+    let req = revision.prepared.invoke.request(request_id, event);
     let t0 = Instant::now();
     // Inside the timeout: the whole answer, body included.
     let exchange = instance.exchange(req, MAX_RESPONSE_BYTES);
@@ -181,13 +179,11 @@ async fn initialize(
     timeout: Duration,
 ) -> Result<(), InvokeError> {
     let revision = &instance.revision;
-    let Some(req) = revision
-        .contract
-        .initialize_request(&revision.context, request_id)
-    else {
+    let Some(template) = &revision.prepared.initialize else {
         instance.set_initialized();
         return Ok(());
     };
+    let req = template.request(request_id, Bytes::new());
     let failed = |reason: String, restarted: bool| InvokeError::InitializeFailed {
         name: revision.spec.name.clone(),
         instance: instance.id().to_string(),
