@@ -25,23 +25,43 @@ pub const FUNCTION_ERROR: HeaderName = HeaderName::from_static("x-wharf-function
 
 /// A request id in the UUID v4 text form the clouds use.
 pub fn new_request_id() -> String {
-    let b = rand::random::<u128>().to_be_bytes();
-    let mut b = b;
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut b = rand::random::<u128>().to_be_bytes();
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    let mut id = String::with_capacity(36);
+    for (i, byte) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            id.push('-');
+        }
+        id.push(HEX[usize::from(byte >> 4)] as char);
+        id.push(HEX[usize::from(byte & 0xf)] as char);
+    }
+    id
 }
 
+/// Milliseconds with three decimals (`12.345`), written without a heap allocation.
 fn ms(d: std::time::Duration) -> HeaderValue {
-    HeaderValue::from_str(&format!("{:.3}", d.as_secs_f64() * 1e3)).expect("a number is ASCII")
+    let micros = d.as_micros();
+    let mut buf = [0u8; 48];
+    let mut start = buf.len() - 4;
+    let frac = micros % 1000;
+    buf[start..].copy_from_slice(&[
+        b'.',
+        b'0' + (frac / 100) as u8,
+        b'0' + (frac / 10 % 10) as u8,
+        b'0' + (frac % 10) as u8,
+    ]);
+    let mut whole = micros / 1000;
+    loop {
+        start -= 1;
+        buf[start] = b'0' + (whole % 10) as u8;
+        whole /= 10;
+        if whole == 0 {
+            break;
+        }
+    }
+    HeaderValue::from_bytes(&buf[start..]).expect("digits and a dot")
 }
 
 pub async fn invoke(
@@ -114,9 +134,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn milliseconds_have_three_decimals() {
+        use std::time::Duration;
+        assert_eq!(ms(Duration::from_micros(12_345)), "12.345");
+        assert_eq!(ms(Duration::from_micros(7)), "0.007");
+        assert_eq!(ms(Duration::from_secs(86_400)), "86400000.000");
+    }
+
+    #[test]
     fn request_ids_look_like_uuid_v4() {
         let id = new_request_id();
         assert_eq!(id.len(), 36);
+        assert_eq!(
+            id.char_indices()
+                .filter(|(_, c)| *c == '-')
+                .map(|(i, _)| i)
+                .collect::<Vec<_>>(),
+            [8, 13, 18, 23]
+        );
         assert_eq!(&id[14..15], "4");
         assert!("89ab".contains(&id[19..20]));
         assert_ne!(id, new_request_id());
