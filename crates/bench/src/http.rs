@@ -32,6 +32,8 @@ pub enum Target {
     },
     /// `POST /invoke` on the function's port inside the instance's netns.
     Direct { netns: Netns, port: u16 },
+    /// The same request as direct, through the reference relay ([`crate::relay`]).
+    Relay { addr: SocketAddr, port: u16 },
 }
 
 /// A request, prepared once and cloned cheaply for every send.
@@ -48,16 +50,17 @@ impl Target {
         match self {
             Target::Wharf { .. } => "wharf",
             Target::Direct { .. } => "direct",
+            Target::Relay { .. } => "relay",
         }
     }
 
     /// A new keep-alive connection.
     pub async fn connect(&self) -> anyhow::Result<Conn> {
         let stream = match self {
-            Target::Wharf { addr, .. } => {
+            Target::Wharf { addr, .. } | Target::Relay { addr, .. } => {
                 let s = TcpStream::connect(addr)
                     .await
-                    .with_context(|| format!("connecting to Wharf at {addr}"))?;
+                    .with_context(|| format!("connecting to {addr}"))?;
                 s.set_nodelay(true)?;
                 s
             }
@@ -93,7 +96,7 @@ impl Target {
                 addr.to_string(),
                 Some(HeaderValue::from_str(&format!("Bearer {token}")).expect("a token is ASCII")),
             ),
-            Target::Direct { port, .. } => {
+            Target::Direct { port, .. } | Target::Relay { port, .. } => {
                 ("/invoke".to_string(), format!("127.0.0.1:{port}"), None)
             }
         };

@@ -18,6 +18,7 @@ mod http;
 mod images;
 mod load;
 mod netns;
+mod relay;
 mod report;
 mod setup;
 mod stats;
@@ -68,6 +69,10 @@ struct Args {
     /// Requests per second per side for P4's fixed-rate run.
     #[arg(long, default_value_t = 1000.0, value_name = "R")]
     rate: f64,
+    /// One more argument for every `wharf serve` the run starts, e.g.
+    /// `--serve-arg=--worker-threads=2` (repeatable): to compare configurations.
+    #[arg(long = "serve-arg", value_name = "ARG", allow_hyphen_values = true)]
+    serve_args: Vec<String>,
     /// Where the generated images and npm's packages are kept between runs.
     #[arg(long, default_value = "target/bench-cache", value_name = "DIR")]
     cache_dir: PathBuf,
@@ -155,7 +160,8 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         None => None,
     };
     let plan = Plan::new(args.samples, args.rate, args.instances, args.awake);
-    let bins = Binaries::find()?;
+    let mut bins = Binaries::find()?;
+    bins.serve_args = args.serve_args.clone();
     std::fs::create_dir_all(&args.cache_dir)?;
     let cache = args.cache_dir.canonicalize()?;
     progress!("wharf {}, cache {}", bins.wharf.display(), cache.display());

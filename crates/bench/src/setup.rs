@@ -21,6 +21,8 @@ use crate::progress;
 pub struct Binaries {
     pub wharf: PathBuf,
     pub testfn: PathBuf,
+    /// More arguments for every `wharf serve` (`--serve-arg`).
+    pub serve_args: Vec<String>,
 }
 
 impl Binaries {
@@ -40,6 +42,7 @@ impl Binaries {
         Ok(Binaries {
             wharf: pick("WHARF_BIN", "wharf")?,
             testfn: pick("WHARF_TESTFN", "wharf-testfn")?,
+            serve_args: Vec::new(),
         })
     }
 }
@@ -177,7 +180,7 @@ impl Daemon {
                 idle_timeout_s,
                 stop_grace_s: 2,
                 runtime: runtime_arg.into(),
-                extra: Vec::new(),
+                extra: bins.serve_args.clone(),
             },
         )?;
         let addr = wharf

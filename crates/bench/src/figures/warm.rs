@@ -11,6 +11,7 @@ use crate::http::Target;
 use crate::load::{self, Throughput};
 use crate::netns::{Netns, instances};
 use crate::progress;
+use crate::relay::Relay;
 use crate::report::{Bound, Figure, Unit};
 use crate::setup::{Daemon, Pushed};
 use crate::stats::{median, us};
@@ -113,13 +114,40 @@ async fn p4_closed(daemon: &Daemon, wharf: &Target, plan: &Plan) -> anyhow::Resu
     );
     let (direct, id) = direct_to_next(daemon, wharf).await?;
     let sides = load::closed_loop([wharf, &direct], body(), plan.p4_closed, 500, Some(&id)).await?;
-    Ok(p4_lines(
-        "closed loop, 1 KiB, keep-alive",
-        "closed",
-        sides,
-        DIRECT_IS,
-    ))
+    let mut out = p4_lines("closed loop, 1 KiB, keep-alive", "closed", sides, DIRECT_IS);
+    // The floor: what the least of proxies adds on this machine.
+    let Target::Direct { netns, .. } = &direct else {
+        unreachable!("direct_to_next gives a direct target")
+    };
+    let relay = Relay::start(vec![netns.clone()], PORT)?;
+    let via_relay = Target::Relay {
+        addr: relay.addr(),
+        port: PORT,
+    };
+    progress!("P4: closed loop through the reference relay, alternating with direct");
+    let [mut r, mut d] =
+        load::closed_loop([&via_relay, &direct], body(), plan.p4_closed, 500, None).await?;
+    for (name, p) in [("p50", 50.0), ("p99", 99.0)] {
+        out.push(
+            Figure::new(
+                &format!("P4.closed.relay.{name}"),
+                "P4",
+                &format!("reference relay {name}, closed loop (floor, not Wharf)"),
+                Unit::Us,
+            )
+            .wharf(r.latency.percentile(p).map(us).unwrap_or(f64::NAN))
+            .baseline(RELAY_IS, d.latency.percentile(p).map(us))
+            .added()
+            .samples(r.latency.len(), Some(d.latency.len()))
+            .judged(r.errors + d.errors),
+        );
+    }
+    Ok(out)
 }
+
+const RELAY_IS: &str = "the reference relay (crates/bench/src/relay.rs: accept, connect inside the \
+     instance's netns, copy bytes; one thread) against direct calls: the least a proxy adds here; \
+     its value stands in the Wharf column";
 
 /// P4, fixed rate, with spare warm instances (see [`SPARE_INSTANCES`]); direct calls go to the
 /// instance Wharf uses when calls do not overlap.
@@ -249,6 +277,20 @@ async fn p5_p6(daemon: &Daemon, wharf: &Target, plan: &Plan) -> anyhow::Result<V
         wharf_conns.push(wharf.connect().await?);
     }
     let wharf_prepared = wharf.prepare(body());
+    let mut netnss = Vec::new();
+    for id in ids.iter().take(k) {
+        netnss.push(Netns::of_instance(daemon.cgroup_parent(), id)?);
+    }
+    let relay = Relay::start(netnss, PORT)?;
+    let via_relay = Target::Relay {
+        addr: relay.addr(),
+        port: PORT,
+    };
+    let mut relay_conns = Vec::new();
+    for _ in 0..k {
+        relay_conns.push(via_relay.connect().await?);
+    }
+    let relay_prepared = via_relay.prepare(body());
 
     progress!(
         "P5: saturation, {k} connections, {} rounds of {:?} per side, alternating",
@@ -256,8 +298,9 @@ async fn p5_p6(daemon: &Daemon, wharf: &Target, plan: &Plan) -> anyhow::Result<V
         plan.p5_round
     );
     let pid = daemon.pid();
-    let (mut w_rates, mut d_rates) = (Vec::new(), Vec::new());
+    let (mut w_rates, mut d_rates, mut r_rates) = (Vec::new(), Vec::new(), Vec::new());
     let (mut w_total, mut d_total) = (Throughput::default(), Throughput::default());
+    let mut r_total = Throughput::default();
     let (mut wharf_cpu, mut client_cpu_direct) = (0.0, 0.0);
     for _ in 0..plan.p5_rounds {
         let c0 = cpu_seconds(pid)?;
@@ -273,7 +316,14 @@ async fn p5_p6(daemon: &Daemon, wharf: &Target, plan: &Plan) -> anyhow::Result<V
         direct_conns = back;
         d_rates.push(t.per_sec());
         add(&mut d_total, t);
+
+        let (t, back) = load::saturate(relay_conns, &relay_prepared, plan.p5_round).await;
+        relay_conns = back;
+        r_rates.push(t.per_sec());
+        add(&mut r_total, t);
     }
+    drop(relay_conns);
+    drop(relay);
     let errors = (w_total.errors + d_total.errors) as usize;
     let mut p5 = Figure::new(
         "P5.throughput",
@@ -310,7 +360,18 @@ async fn p5_p6(daemon: &Daemon, wharf: &Target, plan: &Plan) -> anyhow::Result<V
             crate::figures::clock_ticks()
         ))
         .judged(0);
-    Ok(vec![p5.judged(errors), p6])
+    let relay_line = Figure::new(
+        "P5.relay",
+        "P5",
+        &format!("reference relay throughput, {k} instances (floor, not Wharf)"),
+        Unit::ReqPerSec,
+    )
+    .wharf(median(&r_rates).unwrap_or(f64::NAN))
+    .baseline(RELAY_IS, median(&d_rates))
+    .ratio()
+    .samples(r_total.requests as usize, Some(d_total.requests as usize))
+    .judged(r_total.errors as usize);
+    Ok(vec![p5.judged(errors), relay_line, p6])
 }
 
 fn add(total: &mut Throughput, t: Throughput) {
