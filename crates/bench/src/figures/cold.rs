@@ -27,6 +27,8 @@ use crate::stats::{Samples, median, ms};
 pub const EVENT: &[u8] = br#"{"name":"bench"}"#;
 /// How long an instance may take to go away after its call.
 const STOP_PATIENCE: Duration = Duration::from_secs(30);
+/// The idle timeout of P3's daemon: long enough that no instance stops during a burst.
+pub const P3_IDLE_TIMEOUT_S: u64 = 3;
 
 /// One series of cold starts, Wharf against the baseline.
 struct Series {
