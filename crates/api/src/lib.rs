@@ -10,6 +10,7 @@ pub mod error;
 pub mod functions;
 pub mod invoke;
 pub mod logs;
+pub mod server;
 
 pub use error::ApiError;
 

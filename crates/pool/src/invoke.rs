@@ -79,16 +79,19 @@ async fn invoke(
     pool.stop_in_background(dead);
     let (instance, init_duration) = match acquired {
         Ok(Acquired::Warm(i)) => (i, None),
-        Ok(Acquired::Start(revision)) => match PoolInstance::start(pool, revision).await {
-            Ok((i, took)) => {
-                fp.register(&i);
-                (i, Some(took))
+        // Boxed: the start is a large future, and a warm call should not carry (and move) it.
+        Ok(Acquired::Start(revision)) => {
+            match Box::pin(PoolInstance::start(pool, revision)).await {
+                Ok((i, took)) => {
+                    fp.register(&i);
+                    (i, Some(took))
+                }
+                Err(e) => {
+                    fp.cancel_start();
+                    return Err(e);
+                }
             }
-            Err(e) => {
-                fp.cancel_start();
-                return Err(e);
-            }
-        },
+        }
         Err(Refused::Full { max }) => {
             return Err(InvokeError::TooManyInstances {
                 name: fp.revision().spec.name.clone(),

@@ -134,13 +134,14 @@ async fn start_api(
         "listening on http://{addr}"
     );
     let (stop_accepting, stopped_accepting) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        axum::serve(listener, app.router())
-            .with_graceful_shutdown(async move {
-                let _ = stopped_accepting.await;
-            })
-            .into_future(),
-    );
+    let server = tokio::spawn(wharf_api::server::serve(
+        listener,
+        app.router(),
+        wharf_api::server::HEADER_READ_TIMEOUT,
+        async move {
+            let _ = stopped_accepting.await;
+        },
+    ));
     Ok((server, stop_accepting))
 }
 
