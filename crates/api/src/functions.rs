@@ -408,7 +408,8 @@ pub async fn put(
 async fn deploy(app: &Arc<App>, name: String, valid: ValidFunction) -> Result<Response, ApiError> {
     let _serialised = app.lock_function(&name).await;
     let auth = registry_auth(valid.registry_auth.as_ref());
-    let image = app.images.pull(&valid.image, &auth).await?;
+    // The lease keeps a prune from removing the image before the function is stored.
+    let (image, _lease) = app.images.pull_leased(&valid.image, &auth).await?;
     if wharf_pool::instance_spec::argv(
         valid.command.as_deref(),
         valid.args.as_deref(),

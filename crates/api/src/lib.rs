@@ -1,4 +1,5 @@
-//! Wharf's HTTP API: the control plane (`/v1/functions`), the invoke endpoint, and the logs.
+//! Wharf's HTTP API: the control plane (`/v1/functions`, `/v1/images`), the invoke endpoint,
+//! and the logs.
 //!
 //! Handlers are thin: they validate, call the store, the image store and the pool, and map
 //! errors to HTTP in exactly one place ([`error`]). Every route but the health check requires the
@@ -8,6 +9,7 @@
 pub mod auth;
 pub mod error;
 pub mod functions;
+pub mod images;
 pub mod invoke;
 pub mod logs;
 pub mod server;
@@ -116,6 +118,8 @@ impl App {
                 post(invoke::invoke).layer(DefaultBodyLimit::max(invoke::MAX_EVENT_BYTES)),
             )
             .route("/v1/functions/{name}/logs", get(logs::get))
+            .route("/v1/images", get(images::list))
+            .route("/v1/images/prune", post(images::prune))
             .route_layer(from_fn_with_state(self.clone(), auth::require_token))
             .route("/v1/health", get(|| async { "ok\n" }))
             .method_not_allowed_fallback(|| async {

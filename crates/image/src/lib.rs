@@ -6,6 +6,7 @@
 //! <root>/blobs/sha256/<hex>   manifests, indexes, configs, compressed layers (by digest)
 //! <root>/layers/<diff-id>/    one unpacked layer each, shared by every image that has it
 //! <root>/tmp/                 work in progress; emptied by `ImageStore::open`
+//! <root>/images.json          the images pulled, for `ImageStore::list` and `begin_prune`
 //! ```
 //!
 //! # Why it is built this way
@@ -64,6 +65,7 @@ pub use error::{ImageError, ImageErrorKind};
 pub use platform::{TARGET_ARCHITECTURE, TARGET_OS};
 pub use reference::{DEFAULT_REGISTRY, DEFAULT_TAG, ImageReference};
 pub use registry::{CONNECT_TIMEOUT, MAX_MANIFEST_BYTES, READ_TIMEOUT};
+pub use store::gc::{ImageLease, PruneReport, Pruning, StoredImage};
 pub use store::{ImageStore, MAX_CONCURRENT_LAYER_PULLS, MAX_CONFIG_BYTES, MAX_LAYERS_PER_IMAGE};
 pub use unpack::{
     MAX_LAYER_ENTRIES, MAX_LAYER_UNPACKED_BYTES, MAX_TAR_METADATA_BYTES, UnpackLimits,

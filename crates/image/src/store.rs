@@ -1,4 +1,7 @@
 //! The image store: pulling an image (manifest → config → layers) and finding one offline.
+//! Listing, leases and pruning are in [`gc`].
+
+pub(crate) mod gc;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -45,6 +48,8 @@ struct Inner {
     limits: UnpackLimits,
     /// Single-flight per blob and per layer within this process.
     locks: KeyedLocks,
+    /// Pulls against prunes, leases, the image list.
+    gc: gc::Gc,
 }
 
 /// One layer of a pull: its blob and what it must unpack to.
@@ -92,6 +97,7 @@ impl ImageStore {
                 tmp,
                 limits,
                 locks: KeyedLocks::default(),
+                gc: gc::Gc::default(),
             }),
         })
     }
@@ -107,8 +113,21 @@ impl ImageStore {
     }
 
     /// Pulls `reference` (linux/amd64) and unpacks its layers; layers and blobs already present
-    /// are not fetched again.
+    /// are not fetched again. The image is added to the store's list ([`ImageStore::list`]);
+    /// a prune may remove it once this returns unless it is in use (see
+    /// [`ImageStore::pull_leased`]).
     pub async fn pull(&self, reference: &str, auth: &RegistryAuth) -> Result<Image, ImageError> {
+        self.pull_leased(reference, auth)
+            .await
+            .map(|(image, _lease)| image)
+    }
+
+    /// The pull itself; the caller holds the shared side of the prune lock.
+    async fn pull_unlocked(
+        &self,
+        reference: &str,
+        auth: &RegistryAuth,
+    ) -> Result<Image, ImageError> {
         let started = Instant::now();
         let r =
             ImageReference::parse(reference).map_err(|reason| ImageError::InvalidReference {

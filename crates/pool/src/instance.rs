@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tracing::{debug, warn};
 use wharf_contract::ContractRequest;
+use wharf_image::ImageLease;
 use wharf_sandbox::{Instance, NotListening};
 
 use crate::connection::{Conn, ExchangeError};
@@ -24,6 +25,9 @@ pub(crate) struct PoolInstance {
     requests: AtomicU64,
     /// The note about the stop is written once, however many callers stop the instance.
     stop_noted: AtomicBool,
+    /// Keeps the image's layers (this instance's overlay lowerdirs) from being pruned until the
+    /// instance is gone, also after its function was updated or removed.
+    _image: ImageLease,
 }
 
 fn random_suffix() -> String {
@@ -40,6 +44,9 @@ impl PoolInstance {
         let t0 = Instant::now();
         let spec = &revision.spec;
         let name = &spec.name;
+        // Before looking: a prune then either ran already (and the image is pulled again) or
+        // keeps it.
+        let lease = pool.images.lease(&spec.image_pinned).await;
         let image = match pool.images.get(&spec.image_pinned) {
             Ok(Some(image)) => image,
             Ok(None) => pool
@@ -132,6 +139,7 @@ impl PoolInstance {
             last_used: Mutex::new(Instant::now()),
             requests: AtomicU64::new(0),
             stop_noted: AtomicBool::new(false),
+            _image: lease,
         });
         let probe = started.clone();
         pool.tasks

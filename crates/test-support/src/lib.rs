@@ -2,6 +2,7 @@
 //!
 //! - [`registry`]: a real OCI registry (distribution) on loopback, killed on drop.
 //! - [`oci`]: building OCI / Docker images in memory and pushing them to a registry.
+//! - [`front`]: a loopback front for a registry that counts requests and throttles blobs.
 //! - [`token_auth`]: a registry behind the bearer-token dance (challenge, realm, token).
 //! - [`testfn`]: the test function (`wharf-testfn`) packed as an image.
 //! - [`daemon`]: a real `wharf serve` with its own data directory, stopped on drop, and the
@@ -9,6 +10,7 @@
 //! - [`patience`] and [`assert_eventually!`]: waiting without fixed sleeps.
 
 pub mod daemon;
+pub mod front;
 pub mod oci;
 pub mod registry;
 pub mod testfn;

@@ -76,6 +76,26 @@ pub enum Command {
         #[arg(long, default_value_t = 200)]
         tail: usize,
     },
+    /// List the images in the store, or remove those no function uses
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// List the images in the store: size on disk, layers, the functions that use each
+    Ls {
+        /// Print the API's JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove every image, blob and unpacked layer that no deployed function or running
+    /// instance uses (waits for pulls in progress)
+    Prune {
+        /// Print the API's JSON
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -8,14 +8,14 @@ use anyhow::{Context, bail};
 use reqwest::{Method, Response, StatusCode};
 use serde_json::{Value, json};
 
-use crate::cli::{Command, DeployArgs, Global, InvokeArgs};
+use crate::cli::{Command, DeployArgs, Global, ImageCommand, InvokeArgs};
 
 /// Exit status when the function ran and reported an error.
 const EXIT_FUNCTION_ERROR: u8 = 1;
 /// Exit status when Wharf (or the request) failed.
 const EXIT_WHARF_ERROR: u8 = 2;
 
-struct Client {
+pub(crate) struct Client {
     http: reqwest::Client,
     base: String,
     token: String,
@@ -68,7 +68,7 @@ impl Client {
     }
 
     /// [`call`](Client::call), with an API error turned into an error.
-    async fn call_ok(
+    pub(crate) async fn call_ok(
         &self,
         method: Method,
         path: &str,
@@ -106,6 +106,8 @@ pub async fn run(global: Global, command: Command) -> anyhow::Result<ExitCode> {
         Command::Get { name } => get(&client, &name).await,
         Command::Rm { name } => rm(&client, &name).await,
         Command::Logs { name, tail } => logs(&client, &name, tail).await,
+        Command::Image(ImageCommand::Ls { json }) => crate::images::ls(&client, json).await,
+        Command::Image(ImageCommand::Prune { json }) => crate::images::prune(&client, json).await,
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod cli;
 mod client;
+mod images;
 mod serve;
 
 use std::process::ExitCode;
