@@ -52,8 +52,10 @@ mod error;
 mod layer_fs;
 mod manifest;
 mod platform;
+mod progress;
 mod reference;
 mod registry;
+mod resolve;
 mod store;
 mod unpack;
 
@@ -62,11 +64,14 @@ use serde::{Deserialize, Serialize};
 pub use digest::Digest;
 pub use error::{ImageError, ImageErrorKind};
 pub use platform::{TARGET_ARCHITECTURE, TARGET_OS};
+pub use progress::{LayerInfo, PROGRESS_INTERVAL, PullEvent, PullOptions};
 pub use reference::{DEFAULT_REGISTRY, DEFAULT_TAG, ImageReference};
 pub use registry::{CONNECT_TIMEOUT, MAX_MANIFEST_BYTES, READ_TIMEOUT};
+pub use resolve::Resolved;
 pub use store::{ImageStore, MAX_CONCURRENT_LAYER_PULLS, MAX_CONFIG_BYTES, MAX_LAYERS_PER_IMAGE};
 pub use unpack::{
-    MAX_LAYER_ENTRIES, MAX_LAYER_UNPACKED_BYTES, MAX_TAR_METADATA_BYTES, UnpackLimits,
+    MAX_IMAGE_UNPACKED_BYTES, MAX_LAYER_ENTRIES, MAX_LAYER_UNPACKED_BYTES, MAX_TAR_METADATA_BYTES,
+    UnpackLimits,
 };
 
 /// Installs ring as rustls' process-wide crypto provider. Idempotent; call once at start-up of
