@@ -33,7 +33,8 @@
 //!   through a race; the final component is never followed (`O_NOFOLLOW`,
 //!   `AT_SYMLINK_NOFOLLOW`, `linkat` without `AT_SYMLINK_FOLLOW`). `tar` is only the parser;
 //!   its `unpack_in` is never used. Unpacked sizes and entry counts are capped
-//!   ([`MAX_LAYER_UNPACKED_BYTES`], [`MAX_LAYER_ENTRIES`]). Whiteouts become overlayfs
+//!   ([`MAX_LAYER_UNPACKED_BYTES`], [`MAX_LAYER_ENTRIES`]), and so is an image's total
+//!   ([`MAX_IMAGE_UNPACKED_BYTES`], shared by its layers' parallel unpacks). Whiteouts become overlayfs
 //!   whiteouts (0:0 character devices) and opaque markers become `trusted.overlay.opaque=y`;
 //!   an image's own `trusted.overlay.*` xattrs are dropped.
 //!
