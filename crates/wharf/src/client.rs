@@ -318,8 +318,9 @@ impl PullDisplay {
             PullEvent::Layers {
                 reference, layers, ..
             } => eprintln!(
-                "pulling {reference}: {} layers, {} MiB",
+                "pulling {reference}: {} layer{}, {} MiB",
                 layers.len(),
+                if layers.len() == 1 { "" } else { "s" },
                 mib(layers.iter().map(|l| l.size).sum())
             ),
             PullEvent::LayerPresent { layer, .. } => {
