@@ -10,10 +10,10 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http::StatusCode;
+use http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 use wharf_contract::ContractKind;
-use wharf_image::RegistryAuth;
+use wharf_image::{PullOptions, RegistryAuth};
 use wharf_pool::FunctionSpec;
 use wharf_store::{FunctionRecord, Initializer, RegistryCredentials, unix_ms};
 
@@ -52,6 +52,7 @@ pub struct FunctionRequest {
     pub gid: Option<i64>,
     pub initializer: Option<InitializerRequest>,
     pub registry_auth: Option<RegistryAuthRequest>,
+    pub prepull: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -83,6 +84,8 @@ pub struct ValidFunction {
     pub gid: Option<u32>,
     pub initializer: Option<Initializer>,
     pub registry_auth: Option<RegistryCredentials>,
+    /// Pull the image at deploy (true), or only resolve it to a digest (false).
+    pub prepull: bool,
 }
 
 /// FunctionGraph's rule: letters, digits, `_` and `-`, at most 60 characters, starting with a
@@ -267,6 +270,7 @@ pub fn validate(req: FunctionRequest) -> Result<ValidFunction, ApiError> {
         gid,
         initializer,
         registry_auth,
+        prepull: req.prepull.unwrap_or(true),
     })
 }
 
@@ -296,6 +300,7 @@ pub struct FunctionView {
     pub initializer: Option<Initializer>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub registry_auth: Option<RegistryAuthView>,
+    pub prepull: bool,
     pub revision: u64,
     pub created_at: String,
     pub updated_at: String,
@@ -331,6 +336,7 @@ impl From<&FunctionRecord> for FunctionView {
             registry_auth: r.registry_auth.as_ref().map(|a| RegistryAuthView {
                 username: a.username.clone(),
             }),
+            prepull: r.prepull,
             revision: r.revision,
             created_at: rfc3339(r.created_at_ms),
             updated_at: rfc3339(r.updated_at_ms),
@@ -393,39 +399,119 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(&body).map_err(|e| ApiError::invalid("body", e))
 }
 
-/// `PUT /v1/functions/{name}`
+/// The media type of a deploy that streams its pull progress (`Accept` of the PUT).
+pub const NDJSON: &str = "application/x-ndjson";
+
+/// `PUT /v1/functions/{name}`. With `Accept: application/x-ndjson`, the answer is 200 and a
+/// stream of JSON lines: the pull's progress events (`{"event":…}`, see
+/// [`wharf_image::PullEvent`]), then one last line with the result, `{"status":201,
+/// "function":{…}}` or `{"status":400,"error":{"code","message"}}`. Requests that fail
+/// validation are answered as without the header.
 pub async fn put(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     validate_name(&name)?;
     let valid = validate(parse_json(body)?)?;
+    if wants_ndjson(&headers) {
+        return Ok(deploy_streaming(app, name, valid));
+    }
     // Run to the end even if the client goes away: a deploy is stored and installed, or not.
-    crate::detached(async move { deploy(&app, name, valid).await }).await
+    let (status, view) =
+        crate::detached(async move { deploy(&app, name, valid, &PullOptions::default()).await })
+            .await?;
+    Ok((status, Json(view)).into_response())
 }
 
-async fn deploy(app: &Arc<App>, name: String, valid: ValidFunction) -> Result<Response, ApiError> {
+fn wants_ndjson(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.split(';').next().unwrap_or_default().trim() == NDJSON)
+}
+
+fn json_line(value: &impl Serialize) -> Bytes {
+    let mut line = serde_json::to_vec(value).expect("events and results always serialise");
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+/// Runs the deploy in its own task (it finishes even if the client goes away) and answers with
+/// its progress and result as JSON lines.
+fn deploy_streaming(app: Arc<App>, name: String, valid: ValidFunction) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+    let events = tx.clone();
+    // A client that went away makes sends fail; the deploy goes on.
+    let options = PullOptions::with_progress(move |event| {
+        let _ = events.send(json_line(&event));
+    });
+    tokio::spawn(async move {
+        let result = deploy(&app, name, valid, &options).await;
+        drop(options);
+        let last = match result {
+            Ok((status, function)) => {
+                serde_json::json!({ "status": status.as_u16(), "function": function })
+            }
+            Err(e) => serde_json::json!({
+                "status": e.status.as_u16(),
+                "error": { "code": e.code, "message": e.message },
+            }),
+        };
+        let _ = tx.send(json_line(&last));
+    });
+    let lines = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|line| (Ok::<_, std::convert::Infallible>(line), rx))
+    });
+    (
+        [(http::header::CONTENT_TYPE, NDJSON)],
+        axum::body::Body::from_stream(lines),
+    )
+        .into_response()
+}
+
+async fn deploy(
+    app: &Arc<App>,
+    name: String,
+    valid: ValidFunction,
+    options: &PullOptions,
+) -> Result<(StatusCode, FunctionView), ApiError> {
     let _serialised = app.lock_function(&name).await;
     let auth = registry_auth(valid.registry_auth.as_ref());
-    // The lease keeps a prune from removing the image before the function is stored.
-    let (image, _lease) = app.images.pull_leased(&valid.image, &auth).await?;
-    if wharf_pool::instance_spec::argv(
-        valid.command.as_deref(),
-        valid.args.as_deref(),
-        &image.config.entrypoint,
-        &image.config.cmd,
-    )
-    .is_empty()
-    {
-        return Err(ApiError::invalid(
-            "command",
-            format!(
-                "the image {} has no ENTRYPOINT or CMD: set `command`",
-                valid.image
-            ),
-        ));
-    }
+    // The lease keeps a prune from removing the image before the function is stored. With
+    // prepull off there is nothing in the store to keep: the first cold start pulls.
+    let (pinned, digest, _lease) = if valid.prepull {
+        let (image, lease) = app
+            .images
+            .pull_leased_with(&valid.image, &auth, options)
+            .await?;
+        if wharf_pool::instance_spec::argv(
+            valid.command.as_deref(),
+            valid.args.as_deref(),
+            &image.config.entrypoint,
+            &image.config.cmd,
+        )
+        .is_empty()
+        {
+            return Err(ApiError::invalid(
+                "command",
+                format!(
+                    "the image {} has no ENTRYPOINT or CMD: set `command`",
+                    valid.image
+                ),
+            ));
+        }
+        (image.pinned, image.digest, Some(lease))
+    } else {
+        // Pinned all the same; the first cold start pulls (and checks the command).
+        let resolved = app.images.resolve(&valid.image, &auth).await?;
+        (resolved.pinned, resolved.digest, None)
+    };
     let now = unix_ms(SystemTime::now());
     let existing = crate::blocking({
         let (store, name) = (app.store.clone(), name.clone());
@@ -435,8 +521,8 @@ async fn deploy(app: &Arc<App>, name: String, valid: ValidFunction) -> Result<Re
     let record = FunctionRecord {
         name: name.clone(),
         image: valid.image,
-        image_pinned: image.pinned.clone(),
-        image_digest: image.digest.clone(),
+        image_pinned: pinned,
+        image_digest: digest,
         contract: valid.contract.as_str().to_string(),
         port: valid.port,
         memory_mb: valid.memory_mb,
@@ -449,6 +535,7 @@ async fn deploy(app: &Arc<App>, name: String, valid: ValidFunction) -> Result<Re
         gid: valid.gid,
         initializer: valid.initializer,
         registry_auth: valid.registry_auth,
+        prepull: valid.prepull,
         revision: existing.as_ref().map_or(1, |e| e.revision + 1),
         created_at_ms: existing.as_ref().map_or(now, |e| e.created_at_ms),
         updated_at_ms: now,
@@ -466,7 +553,7 @@ async fn deploy(app: &Arc<App>, name: String, valid: ValidFunction) -> Result<Re
     } else {
         StatusCode::CREATED
     };
-    Ok((status, Json(FunctionView::from(&record))).into_response())
+    Ok((status, FunctionView::from(&record)))
 }
 
 #[derive(Serialize)]
@@ -559,6 +646,9 @@ mod tests {
         assert_eq!(v.port, 9000);
         assert_eq!(v.memory_mb, DEFAULT_MEMORY_MB);
         assert_eq!(v.timeout_s, DEFAULT_TIMEOUT_S);
+        assert!(v.prepull, "deploy pulls unless told not to");
+        let v = req(serde_json::json!({"image": "r/x:1", "prepull": false})).unwrap();
+        assert!(!v.prepull);
         let v = req(serde_json::json!({"image": "r/x:1", "initializer": {}})).unwrap();
         assert_eq!(
             v.initializer,
@@ -622,6 +712,20 @@ mod tests {
             assert_eq!(e.status, StatusCode::BAD_REQUEST, "{body}");
             assert!(e.message.contains(want), "{body}: {}", e.message);
         }
+    }
+
+    #[test]
+    fn progress_is_streamed_only_when_ndjson_is_accepted() {
+        let accept = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(http::header::ACCEPT, v.parse().unwrap());
+            wants_ndjson(&h)
+        };
+        assert!(!wants_ndjson(&HeaderMap::new()));
+        assert!(!accept("application/json"));
+        assert!(!accept("*/*"));
+        assert!(accept("application/x-ndjson"));
+        assert!(accept("application/json, application/x-ndjson;q=0.9"));
     }
 
     #[test]

@@ -34,7 +34,8 @@
 //!   through a race; the final component is never followed (`O_NOFOLLOW`,
 //!   `AT_SYMLINK_NOFOLLOW`, `linkat` without `AT_SYMLINK_FOLLOW`). `tar` is only the parser;
 //!   its `unpack_in` is never used. Unpacked sizes and entry counts are capped
-//!   ([`MAX_LAYER_UNPACKED_BYTES`], [`MAX_LAYER_ENTRIES`]). Whiteouts become overlayfs
+//!   ([`MAX_LAYER_UNPACKED_BYTES`], [`MAX_LAYER_ENTRIES`]), and so is an image's total
+//!   ([`MAX_IMAGE_UNPACKED_BYTES`], shared by its layers' parallel unpacks). Whiteouts become overlayfs
 //!   whiteouts (0:0 character devices) and opaque markers become `trusted.overlay.opaque=y`;
 //!   an image's own `trusted.overlay.*` xattrs are dropped.
 //!
@@ -53,8 +54,10 @@ mod error;
 mod layer_fs;
 mod manifest;
 mod platform;
+mod progress;
 mod reference;
 mod registry;
+mod resolve;
 mod store;
 mod unpack;
 
@@ -63,12 +66,15 @@ use serde::{Deserialize, Serialize};
 pub use digest::Digest;
 pub use error::{ImageError, ImageErrorKind};
 pub use platform::{TARGET_ARCHITECTURE, TARGET_OS};
+pub use progress::{LayerInfo, PROGRESS_INTERVAL, PullEvent, PullOptions};
 pub use reference::{DEFAULT_REGISTRY, DEFAULT_TAG, ImageReference};
 pub use registry::{CONNECT_TIMEOUT, MAX_MANIFEST_BYTES, READ_TIMEOUT};
+pub use resolve::Resolved;
 pub use store::gc::{ImageLease, PruneReport, Pruning, StoredImage};
 pub use store::{ImageStore, MAX_CONCURRENT_LAYER_PULLS, MAX_CONFIG_BYTES, MAX_LAYERS_PER_IMAGE};
 pub use unpack::{
-    MAX_LAYER_ENTRIES, MAX_LAYER_UNPACKED_BYTES, MAX_TAR_METADATA_BYTES, UnpackLimits,
+    MAX_IMAGE_UNPACKED_BYTES, MAX_LAYER_ENTRIES, MAX_LAYER_UNPACKED_BYTES, MAX_TAR_METADATA_BYTES,
+    UnpackLimits,
 };
 
 /// Installs ring as rustls' process-wide crypto provider. Idempotent; call once at start-up of

@@ -5,6 +5,7 @@ pub(crate) mod gc;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
@@ -18,9 +19,12 @@ use crate::manifest::{
     self, Compression, ConfigFile, DOCKER_CONFIG, Document, Manifest, OCI_CONFIG, ParseError,
 };
 use crate::platform::{TARGET_ARCHITECTURE, TARGET_OS, select_platform};
+use crate::progress::{LayerInfo, PullEvent, PullOptions};
 use crate::reference::ImageReference;
 use crate::registry::{MAX_MANIFEST_BYTES, RegistryClient, manifest_too_large};
-use crate::unpack::{UnpackError, UnpackLimits, unpack_layer};
+use crate::unpack::{
+    ImageBudget, MAX_IMAGE_UNPACKED_BYTES, UnpackError, UnpackLimits, unpack_layer,
+};
 use crate::{Image, RegistryAuth, install_crypto_provider};
 
 /// Largest image config accepted (it is read into memory; real ones are kilobytes).
@@ -46,6 +50,8 @@ struct Inner {
     layers: PathBuf,
     tmp: PathBuf,
     limits: UnpackLimits,
+    /// Cap on the unpacked size of one image, all layers together.
+    max_image_bytes: AtomicU64,
     /// Single-flight per blob and per layer within this process.
     locks: KeyedLocks,
     /// Pulls against prunes, leases, the image list.
@@ -96,10 +102,21 @@ impl ImageStore {
                 layers,
                 tmp,
                 limits,
+                max_image_bytes: AtomicU64::new(MAX_IMAGE_UNPACKED_BYTES),
                 locks: KeyedLocks::default(),
                 gc: gc::Gc::default(),
             }),
         })
+    }
+
+    /// Caps the unpacked size of one image, all its layers together (default
+    /// [`MAX_IMAGE_UNPACKED_BYTES`]); checked while unpacking.
+    pub fn set_max_image_bytes(&self, bytes: u64) {
+        self.inner.max_image_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    pub fn max_image_bytes(&self) -> u64 {
+        self.inner.max_image_bytes.load(Ordering::Relaxed)
     }
 
     /// The store's root directory (absolute).
@@ -117,7 +134,18 @@ impl ImageStore {
     /// a prune may remove it once this returns unless it is in use (see
     /// [`ImageStore::pull_leased`]).
     pub async fn pull(&self, reference: &str, auth: &RegistryAuth) -> Result<Image, ImageError> {
-        self.pull_leased(reference, auth)
+        self.pull_with(reference, auth, &PullOptions::default())
+            .await
+    }
+
+    /// [`ImageStore::pull`], reporting progress to the subscriber in `options`.
+    pub async fn pull_with(
+        &self,
+        reference: &str,
+        auth: &RegistryAuth,
+        options: &PullOptions,
+    ) -> Result<Image, ImageError> {
+        self.pull_leased_with(reference, auth, options)
             .await
             .map(|(image, _lease)| image)
     }
@@ -127,6 +155,7 @@ impl ImageStore {
         &self,
         reference: &str,
         auth: &RegistryAuth,
+        options: &PullOptions,
     ) -> Result<Image, ImageError> {
         let started = Instant::now();
         let r =
@@ -179,9 +208,33 @@ impl ImageStore {
         let (config, jobs) = self
             .read_config(&client, &r, manifest_digest, &manifest)
             .await?;
+        options.emit(|| PullEvent::Layers {
+            reference: r.to_string(),
+            digest: top_digest.to_string(),
+            layers: jobs
+                .iter()
+                .map(|j| LayerInfo {
+                    digest: j.digest.to_string(),
+                    size: j.size,
+                })
+                .collect(),
+        });
 
+        let max_image_bytes = self.max_image_bytes();
+        // Compressed layers unpack to more than their size: refuse before downloading when
+        // these alone are over the cap.
+        let compressed: u64 = jobs.iter().map(|j| j.size).sum();
+        if compressed > max_image_bytes {
+            return Err(image_too_large(
+                &r,
+                None,
+                "the compressed size",
+                max_image_bytes,
+            ));
+        }
+        let budget = Arc::new(ImageBudget::new(max_image_bytes));
         let layers: Vec<PathBuf> = futures::stream::iter(jobs)
-            .map(|job| self.ensure_layer(&client, &r, job))
+            .map(|job| self.ensure_layer(&client, &r, job, options, &budget))
             .buffered(MAX_CONCURRENT_LAYER_PULLS)
             .try_collect()
             .await?;
@@ -299,8 +352,15 @@ impl ImageStore {
                 hint: "this is not a normal image config",
             });
         }
-        self.fetch_blob(client, r, &config_digest, config_size)
-            .await?;
+        // No progress events: they are about layers.
+        self.fetch_blob(
+            client,
+            r,
+            &config_digest,
+            config_size,
+            &PullOptions::default(),
+        )
+        .await?;
         let bytes = self
             .read_blob(&config_digest, MAX_CONFIG_BYTES)?
             .ok_or_else(|| {
@@ -376,6 +436,7 @@ impl ImageStore {
         r: &ImageReference,
         digest: &Digest,
         size: u64,
+        options: &PullOptions,
     ) -> Result<u64, ImageError> {
         let blobs = &self.inner.blobs;
         if blobs.contains(digest) {
@@ -386,6 +447,12 @@ impl ImageStore {
             return Ok(0);
         }
         let stream = client.blob(digest).await?;
+        let mut progress = options.download(digest, size);
+        let stream = stream.inspect(move |chunk| {
+            if let Ok(chunk) = chunk {
+                progress.add(chunk.len() as u64);
+            }
+        });
         blobs
             .write_stream(digest, size, stream)
             .await
@@ -398,10 +465,19 @@ impl ImageStore {
         client: &RegistryClient,
         r: &ImageReference,
         job: LayerJob,
+        options: &PullOptions,
+        budget: &Arc<ImageBudget>,
     ) -> Result<PathBuf, ImageError> {
         let dest = self.layer_dir(&job.diff_id);
+        let present = || {
+            options.emit(|| PullEvent::LayerPresent {
+                layer: job.digest.to_string(),
+                size: job.size,
+            })
+        };
         if dest.is_dir() {
             tracing::debug!(layer = %job.digest, diff_id = %job.diff_id, "layer already unpacked");
+            present();
             return Ok(dest);
         }
         let _guard = self
@@ -410,11 +486,17 @@ impl ImageStore {
             .lock(format!("layer:{}", job.diff_id))
             .await;
         if dest.is_dir() {
+            present();
             return Ok(dest);
         }
         let started = Instant::now();
-        let downloaded = self.fetch_blob(client, r, &job.digest, job.size).await?;
+        let downloaded = self
+            .fetch_blob(client, r, &job.digest, job.size, options)
+            .await?;
         let download_time = started.elapsed();
+        options.emit(|| PullEvent::Unpacking {
+            layer: job.digest.to_string(),
+        });
 
         let tmp = tempfile::Builder::new()
             .prefix("layer-")
@@ -428,8 +510,16 @@ impl ImageStore {
         let limits = self.inner.limits;
         let unpack_dir = tmp.path().to_owned();
         let (compression, diff_id) = (job.compression, job.diff_id.clone());
+        let budget = budget.clone();
         let unpacked = tokio::task::spawn_blocking(move || {
-            let stats = unpack_layer(&blob, compression, &diff_id, &unpack_dir, &limits)?;
+            let stats = unpack_layer(
+                &blob,
+                compression,
+                &diff_id,
+                &unpack_dir,
+                &limits,
+                Some(&budget),
+            )?;
             // One flush of the file system instead of an fsync per file: the rename below must
             // not become durable before the contents.
             let dir = std::fs::File::open(&unpack_dir).map_err(|source| UnpackError::Local {
@@ -466,6 +556,10 @@ impl ImageStore {
             Err(_) if dest.is_dir() => {}
             Err(e) => return Err(ImageError::io("rename an unpacked layer to", &dest, e)),
         }
+        options.emit(|| PullEvent::LayerDone {
+            layer: job.digest.to_string(),
+            unpacked_bytes: stats.bytes,
+        });
         tracing::info!(
             layer = %job.digest,
             diff_id = %job.diff_id,
@@ -502,7 +596,7 @@ fn clear_dir(dir: &Path) -> Result<usize, ImageError> {
     Ok(removed)
 }
 
-fn parse_document(
+pub(crate) fn parse_document(
     r: &ImageReference,
     digest: &Digest,
     bytes: &[u8],
@@ -570,6 +664,25 @@ fn layer_too_large(digest: &Digest, limits: &UnpackLimits) -> ImageError {
         limit: human_bytes(limits.max_bytes),
         constant: "MAX_LAYER_UNPACKED_BYTES",
         hint: "make the image smaller",
+    }
+}
+
+/// The image's layers together are over `wharf serve --max-image-size`.
+fn image_too_large(
+    r: &ImageReference,
+    layer: Option<&Digest>,
+    what: &'static str,
+    limit: u64,
+) -> ImageError {
+    ImageError::TooLarge {
+        subject: match layer {
+            Some(layer) => format!("image {r} (reached while unpacking its layer {layer})"),
+            None => format!("image {r}"),
+        },
+        what,
+        limit: human_bytes(limit),
+        constant: "wharf serve --max-image-size",
+        hint: "make the image smaller, or start wharf serve with a larger --max-image-size",
     }
 }
 
@@ -643,6 +756,9 @@ fn unpack_error(
             entry,
             source,
         },
+        UnpackError::ImageTooLarge { limit } => {
+            image_too_large(r, Some(layer), "the unpacked size", limit)
+        }
         UnpackError::DiffId { expected, actual } => ImageError::Corrupt {
             reference: r.to_string(),
             digest: layer.to_string(),

@@ -17,6 +17,7 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tar::EntryType;
 
@@ -27,6 +28,9 @@ use crate::manifest::Compression;
 /// Most bytes one layer may unpack to (file contents and tar metadata), to keep a small,
 /// highly compressed layer from filling the disk.
 pub const MAX_LAYER_UNPACKED_BYTES: u64 = 10 << 30;
+/// Default cap on the unpacked size of one image, all its layers together
+/// (`wharf serve --max-image-size`).
+pub const MAX_IMAGE_UNPACKED_BYTES: u64 = 10 << 30;
 /// Most tar entries one layer may have, to bound inode use and unpack time.
 pub const MAX_LAYER_ENTRIES: u64 = 1_000_000;
 /// Largest GNU long-name or PAX header entry; these are read into memory.
@@ -64,6 +68,32 @@ impl UnpackLimits {
         self.max_bytes
             .saturating_add(self.max_entries.saturating_mul(TAR_FRAMING_PER_ENTRY))
             .saturating_add(MAX_TAR_METADATA_BYTES)
+    }
+}
+
+/// The unpacked bytes one image may still use, shared by its layers' unpacks (which run in
+/// parallel): each reserves its bytes before writing them.
+#[derive(Debug)]
+pub struct ImageBudget {
+    used: AtomicU64,
+    limit: u64,
+}
+
+impl ImageBudget {
+    pub fn new(limit: u64) -> ImageBudget {
+        ImageBudget {
+            used: AtomicU64::new(0),
+            limit,
+        }
+    }
+
+    /// Reserves `bytes`; fails once the image as a whole would exceed its limit.
+    fn take(&self, bytes: u64) -> Result<(), UnpackError> {
+        let before = self.used.fetch_add(bytes, Ordering::Relaxed);
+        if before.saturating_add(bytes) > self.limit {
+            return Err(UnpackError::ImageTooLarge { limit: self.limit });
+        }
+        Ok(())
     }
 }
 
@@ -237,6 +267,10 @@ pub enum UnpackError {
         expected: Digest,
         actual: Digest,
     },
+    /// The image's layers together unpack to more than its [`ImageBudget`].
+    ImageTooLarge {
+        limit: u64,
+    },
     Local {
         action: &'static str,
         path: PathBuf,
@@ -260,6 +294,7 @@ pub fn unpack_layer(
     diff_id: &Digest,
     dest: &Path,
     limits: &UnpackLimits,
+    budget: Option<&ImageBudget>,
 ) -> Result<UnpackStats, UnpackError> {
     let local = |action, path: &Path| {
         let path = path.to_owned();
@@ -281,7 +316,7 @@ pub fn unpack_layer(
     };
     let mut stream = HashingReader::new(decoded, limits.stream_limit());
     let mut fs = RootedFs::open(dest).map_err(local("open", dest))?;
-    let stats = unpack_entries(&mut stream, &mut fs, limits)?;
+    let stats = unpack_entries_within(&mut stream, &mut fs, limits, budget)?;
     stream.drain().map_err(|e| stream_error(e, limits, None))?;
     let (actual, _) = stream.finish();
     if actual != *diff_id {
@@ -379,11 +414,23 @@ fn strip_nul(mut bytes: Vec<u8>) -> Vec<u8> {
 }
 
 /// Applies every entry of the tar stream `reader` to `fs`.
+#[cfg(test)]
 pub fn unpack_entries<R: Read>(
     reader: R,
     fs: &mut dyn LayerFs,
     limits: &UnpackLimits,
 ) -> Result<UnpackStats, UnpackError> {
+    unpack_entries_within(reader, fs, limits, None)
+}
+
+/// [`unpack_entries`], also charging every byte to the image's `budget`.
+pub fn unpack_entries_within<R: Read>(
+    reader: R,
+    fs: &mut dyn LayerFs,
+    limits: &UnpackLimits,
+    budget: Option<&ImageBudget>,
+) -> Result<UnpackStats, UnpackError> {
+    let take = |bytes: u64| budget.map_or(Ok(()), |b| b.take(bytes));
     let mut archive = tar::Archive::new(reader);
     let entries = archive
         .entries()
@@ -422,6 +469,7 @@ pub fn unpack_entries<R: Read>(
             if stats.bytes > limits.max_bytes {
                 return Err(too_large_bytes(limits));
             }
+            take(size)?;
             let mut data = Vec::with_capacity(size as usize);
             entry
                 .read_to_end(&mut data)
@@ -535,6 +583,7 @@ pub fn unpack_entries<R: Read>(
                 if stats.bytes.saturating_add(size) > limits.max_bytes {
                     return Err(too_large_bytes(limits));
                 }
+                take(size)?;
                 let written = fs.file(&path, &meta, &mut entry).map_err(fs_err)?;
                 stats.bytes += written;
             }
@@ -893,6 +942,26 @@ mod tests {
             "{result:?}"
         );
         assert_eq!(ops.len(), 1, "the second file must not be written: {ops:?}");
+    }
+
+    #[test]
+    fn one_budget_caps_the_layers_of_an_image_together() {
+        let budget = ImageBudget::new(10);
+        let layer = |name: &[u8]| {
+            let mut b = tar::Builder::new(Vec::new());
+            raw_entry(&mut b, EntryType::Regular, name, b"", b"123456", 0o644);
+            b.into_inner().unwrap()
+        };
+        let limits = UnpackLimits::default();
+        let mut first = Recorder::default();
+        unpack_entries_within(&layer(b"a")[..], &mut first, &limits, Some(&budget)).unwrap();
+        let mut second = Recorder::default();
+        let result = unpack_entries_within(&layer(b"b")[..], &mut second, &limits, Some(&budget));
+        assert!(
+            matches!(result, Err(UnpackError::ImageTooLarge { limit: 10 })),
+            "{result:?}"
+        );
+        assert!(second.ops.is_empty(), "nothing written over the budget");
     }
 
     #[test]

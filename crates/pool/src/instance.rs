@@ -49,14 +49,17 @@ impl PoolInstance {
         let lease = pool.images.lease(&spec.image_pinned).await;
         let image = match pool.images.get(&spec.image_pinned) {
             Ok(Some(image)) => image,
-            Ok(None) => pool
-                .images
-                .pull(&spec.image_pinned, &spec.registry_auth)
-                .await
-                .map_err(|source| InvokeError::Image {
-                    name: name.clone(),
-                    source: Box::new(source),
-                })?,
+            // Deployed with `prepull: false`, or the layers were removed since.
+            Ok(None) => {
+                tracing::info!(function = %name, image = %spec.image_pinned, "pulling the image for a cold start");
+                pool.images
+                    .pull(&spec.image_pinned, &spec.registry_auth)
+                    .await
+                    .map_err(|source| InvokeError::Image {
+                        name: name.clone(),
+                        source: Box::new(source),
+                    })?
+            }
             Err(source) => {
                 return Err(InvokeError::Image {
                     name: name.clone(),

@@ -147,10 +147,19 @@ mod tests {
             gid: None,
             initializer: None,
             registry_auth: None,
+            prepull: true,
             revision: 1,
             created_at_ms: 1,
             updated_at_ms: 1,
         }
+    }
+
+    #[test]
+    fn records_without_prepull_pulled_at_deploy() {
+        let mut v = serde_json::to_value(record("old")).unwrap();
+        v.as_object_mut().unwrap().remove("prepull");
+        let r: FunctionRecord = serde_json::from_value(v).unwrap();
+        assert!(r.prepull);
     }
 
     #[test]

@@ -36,11 +36,19 @@ pub struct FunctionRecord {
     pub initializer: Option<Initializer>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry_auth: Option<RegistryCredentials>,
+    /// Whether deploy pulls the image (true) or only resolves it to a digest, leaving the pull
+    /// to the first cold start (false). Records written before the field existed pulled.
+    #[serde(default = "default_true")]
+    pub prepull: bool,
     /// Incremented on every update; instances of an older revision drain and stop.
     pub revision: u64,
     /// Unix milliseconds.
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// The contract's initialize hook, called once per instance before its first invocation.

@@ -131,6 +131,10 @@ pub struct ServeArgs {
     /// Name of the cgroup under which instances' cgroups are created
     #[arg(long, default_value = "wharf")]
     pub cgroup_parent: String,
+    /// Largest unpacked size of one image, all its layers together (e.g. 10GiB, 512MiB); a
+    /// larger image is refused while it is unpacked
+    #[arg(long, value_name = "SIZE", default_value = "10GiB", value_parser = parse_size)]
+    pub max_image_size: u64,
 }
 
 #[derive(Debug, Args)]
@@ -175,6 +179,9 @@ pub struct DeployArgs {
     pub registry_user: Option<String>,
     #[arg(long, env = "WHARF_REGISTRY_PASSWORD", hide_env_values = true)]
     pub registry_password: Option<String>,
+    /// Do not pull the image now: only resolve it to its digest; the first invocation pulls
+    #[arg(long)]
+    pub no_prepull: bool,
 }
 
 #[derive(Debug, Args)]
@@ -189,4 +196,61 @@ pub struct InvokeArgs {
     /// Print the request id, instance, cold start and duration to standard error
     #[arg(long, short)]
     pub verbose: bool,
+}
+
+/// A size with an optional unit: `512MiB`, `10 GiB`, `4096` (bytes). K, M, G, T and KiB…TiB are
+/// powers of 1024; KB…TB are powers of 1000.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let usage = || {
+        format!(
+            "{text:?} is not a size: write a whole number with an optional unit, e.g. 10GiB or 512MiB"
+        )
+    };
+    let number: u64 = number.parse().map_err(|_| usage())?;
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        _ => return Err(usage()),
+    };
+    let size = number
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("{text:?} is too large"))?;
+    if size == 0 {
+        return Err(format!("{text:?}: the size must be more than 0"));
+    }
+    Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_read_with_their_units() {
+        assert_eq!(parse_size("10GiB"), Ok(10 << 30));
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("512 mib"), Ok(512 << 20));
+        assert_eq!(parse_size("2M"), Ok(2 << 20));
+        assert_eq!(parse_size("1GB"), Ok(1_000_000_000));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        for bad in ["", "GiB", "1.5GiB", "10 parsecs", "-1", "0"] {
+            let e = parse_size(bad).unwrap_err();
+            assert!(e.contains(&format!("{bad:?}")), "{e}");
+        }
+        assert!(
+            parse_size("99999999999TiB")
+                .unwrap_err()
+                .contains("too large")
+        );
+    }
 }

@@ -1,12 +1,14 @@
 //! The client commands: each is one or two calls to the API of a running `wharf serve`.
 
+use std::collections::HashMap;
 use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use reqwest::{Method, Response, StatusCode};
 use serde_json::{Value, json};
+use wharf_image::PullEvent;
 
 use crate::cli::{Command, DeployArgs, Global, ImageCommand, InvokeArgs};
 
@@ -164,24 +166,18 @@ async fn deploy(client: &Client, a: DeployArgs) -> anyhow::Result<ExitCode> {
         (None, None) => {}
         _ => bail!("--registry-user and --registry-password go together"),
     }
-    let pb = spinner(format!("deploying {} from {} ...", a.name, a.image));
-    let resp = client
-        .call_ok(
-            Method::PUT,
-            &format!("/v1/functions/{}", a.name),
-            Some(serde_json::to_vec(&body)?),
-        )
-        .await;
-    if let Some(pb) = pb {
-        pb.finish_and_clear();
+    if a.no_prepull {
+        body["prepull"] = json!(false);
     }
-    let resp = resp?;
-    let verb = if resp.status() == StatusCode::CREATED {
+    let mut display = PullDisplay::new(format!("deploying {} from {} ...", a.name, a.image));
+    let result = deploy_streaming(client, &a.name, &body, &mut display).await;
+    display.finish();
+    let (status, f) = result?;
+    let verb = if status == StatusCode::CREATED {
         "created"
     } else {
         "updated"
     };
-    let f: Value = resp.json().await?;
     println!(
         "{verb} function {} (revision {}): {} @ {}, contract {}, {} MB, timeout {} s",
         f["name"].as_str().unwrap_or_default(),
@@ -193,6 +189,236 @@ async fn deploy(client: &Client, a: DeployArgs) -> anyhow::Result<ExitCode> {
         f["timeout_s"],
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `PUT /v1/functions/{name}` asking for the pull's progress as JSON lines; shows each event
+/// and returns the final status and function.
+async fn deploy_streaming(
+    client: &Client,
+    name: &str,
+    body: &Value,
+    display: &mut PullDisplay,
+) -> anyhow::Result<(StatusCode, Value)> {
+    let url = format!("{}/v1/functions/{name}", client.base);
+    let mut resp = client
+        .http
+        .put(&url)
+        .bearer_auth(&client.token)
+        .header(reqwest::header::ACCEPT, wharf_api::functions::NDJSON)
+        .body(serde_json::to_vec(body)?)
+        .send()
+        .await
+        .with_context(|| {
+            format!(
+                "cannot reach Wharf at {} (is `wharf serve` running? see --url)",
+                client.base
+            )
+        })?;
+    if !resp.status().is_success() {
+        return Err(api_error(resp).await);
+    }
+    let streamed = resp
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(wharf_api::functions::NDJSON));
+    if !streamed {
+        // A daemon that does not stream answers with the function itself.
+        let status = resp.status();
+        return Ok((status, resp.json().await?));
+    }
+    let mut buf = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .context("the deploy's answer broke off (did the daemon stop?)")?
+    {
+        buf.extend_from_slice(&chunk);
+        while let Some(end) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=end).collect();
+            let v: Value = serde_json::from_slice(&line)
+                .with_context(|| format!("the deploy sent a line that is not JSON: {line:?}"))?;
+            if v.get("event").is_some() {
+                // Events this client does not know are skipped.
+                if let Ok(event) = serde_json::from_value::<PullEvent>(v) {
+                    display.show(&event);
+                }
+                continue;
+            }
+            let status = v["status"]
+                .as_u64()
+                .and_then(|s| StatusCode::from_u16(s as u16).ok())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            if v["error"]["code"].is_string() {
+                bail!(
+                    "{}: {}",
+                    v["error"]["code"].as_str().unwrap_or_default(),
+                    v["error"]["message"].as_str().unwrap_or_default()
+                );
+            }
+            return Ok((status, v["function"].clone()));
+        }
+    }
+    bail!("the deploy's answer ended before its result (did the daemon stop?)")
+}
+
+/// Shows pull progress: bars on a terminal, plain lines (at most one per layer per
+/// [`PLAIN_INTERVAL`]) otherwise.
+struct PullDisplay {
+    bars: Option<Bars>,
+    /// Plain mode: when each layer's download was last printed.
+    printed: HashMap<String, Instant>,
+}
+
+struct Bars {
+    multi: indicatif::MultiProgress,
+    spinner: indicatif::ProgressBar,
+    layers: HashMap<String, indicatif::ProgressBar>,
+}
+
+/// Least time between two plain progress lines of one layer.
+const PLAIN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// `sha256:0123456789ab…`
+fn short(digest: &str) -> String {
+    match digest.get(..19) {
+        Some(head) if digest.len() > 19 => format!("{head}…"),
+        _ => digest.to_string(),
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1}", bytes as f64 / (1024.0 * 1024.0))
+}
+
+impl PullDisplay {
+    fn new(message: String) -> PullDisplay {
+        let bars = spinner(message).map(|spinner| {
+            let multi = indicatif::MultiProgress::new();
+            let spinner = multi.add(spinner);
+            Bars {
+                multi,
+                spinner,
+                layers: HashMap::new(),
+            }
+        });
+        PullDisplay {
+            bars,
+            printed: HashMap::new(),
+        }
+    }
+
+    fn show(&mut self, event: &PullEvent) {
+        match &mut self.bars {
+            Some(bars) => bars.show(event),
+            None => self.print(event),
+        }
+    }
+
+    fn print(&mut self, event: &PullEvent) {
+        match event {
+            PullEvent::Layers {
+                reference, layers, ..
+            } => eprintln!(
+                "pulling {reference}: {} layer{}, {} MiB",
+                layers.len(),
+                if layers.len() == 1 { "" } else { "s" },
+                mib(layers.iter().map(|l| l.size).sum())
+            ),
+            PullEvent::LayerPresent { layer, .. } => {
+                eprintln!("layer {} already present", short(layer));
+            }
+            PullEvent::Downloading {
+                layer,
+                downloaded,
+                total,
+            } => {
+                let now = Instant::now();
+                let due = self
+                    .printed
+                    .get(layer)
+                    .is_none_or(|t| now.duration_since(*t) >= PLAIN_INTERVAL);
+                if due || downloaded == total {
+                    self.printed.insert(layer.clone(), now);
+                    eprintln!(
+                        "pulling layer {} {}/{} MiB",
+                        short(layer),
+                        mib(*downloaded),
+                        mib(*total)
+                    );
+                }
+            }
+            PullEvent::Unpacking { layer } => eprintln!("unpacking layer {}", short(layer)),
+            PullEvent::LayerDone {
+                layer,
+                unpacked_bytes,
+            } => eprintln!(
+                "layer {} done ({} MiB unpacked)",
+                short(layer),
+                mib(*unpacked_bytes)
+            ),
+        }
+    }
+
+    fn finish(self) {
+        if let Some(bars) = self.bars {
+            for bar in bars.layers.values() {
+                bar.finish_and_clear();
+            }
+            bars.spinner.finish_and_clear();
+            let _ = bars.multi.clear();
+        }
+    }
+}
+
+impl Bars {
+    fn bar(&mut self, layer: &str, total: u64) -> &indicatif::ProgressBar {
+        let multi = &self.multi;
+        self.layers.entry(layer.to_string()).or_insert_with(|| {
+            let bar = multi.add(indicatif::ProgressBar::new(total));
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{prefix} [{bar:30}] {bytes:>10}/{total_bytes:<10} {msg}",
+                )
+                .expect("a valid template")
+                .progress_chars("=> "),
+            );
+            bar.set_prefix(short(layer));
+            bar
+        })
+    }
+
+    fn show(&mut self, event: &PullEvent) {
+        match event {
+            PullEvent::Layers { layers, .. } => {
+                for l in layers {
+                    self.bar(&l.digest, l.size);
+                }
+            }
+            PullEvent::LayerPresent { layer, size } => {
+                let bar = self.bar(layer, *size);
+                bar.set_position(*size);
+                bar.finish_with_message("already present");
+            }
+            PullEvent::Downloading {
+                layer,
+                downloaded,
+                total,
+            } => {
+                let bar = self.bar(layer, *total);
+                bar.set_position(*downloaded);
+                bar.set_message("downloading");
+            }
+            PullEvent::Unpacking { layer } => {
+                let bar = self.bar(layer, 0);
+                bar.set_position(bar.length().unwrap_or(0));
+                bar.set_message("unpacking");
+            }
+            PullEvent::LayerDone { layer, .. } => {
+                self.bar(layer, 0).finish_with_message("done");
+            }
+        }
+    }
 }
 
 async fn invoke(client: &Client, a: InvokeArgs) -> anyhow::Result<ExitCode> {

@@ -56,6 +56,7 @@ pub async fn run(global: Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let store = Arc::new(EmbeddedStore::open(&data_dir.join("state.db"))?);
     let logs = Arc::new(LogStore::open(&data_dir.join("logs"))?);
     let images = ImageStore::open(&data_dir)?;
+    images.set_max_image_bytes(args.max_image_size);
     let sandbox = Sandbox::new(SandboxConfig {
         state_dir: data_dir.clone(),
         cgroup_parent: args.cgroup_parent.clone(),

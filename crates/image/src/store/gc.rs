@@ -215,8 +215,19 @@ impl ImageStore {
         reference: &str,
         auth: &crate::RegistryAuth,
     ) -> Result<(crate::Image, ImageLease), ImageError> {
+        self.pull_leased_with(reference, auth, &crate::PullOptions::default())
+            .await
+    }
+
+    /// [`ImageStore::pull_leased`], reporting progress to the subscriber in `options`.
+    pub async fn pull_leased_with(
+        &self,
+        reference: &str,
+        auth: &crate::RegistryAuth,
+        options: &crate::PullOptions,
+    ) -> Result<(crate::Image, ImageLease), ImageError> {
         let _shared = self.inner.gc.shared().await;
-        let image = self.pull_unlocked(reference, auth).await?;
+        let image = self.pull_unlocked(reference, auth, options).await?;
         self.record(&image)?;
         let lease = self.inner.gc.lease_held(&image.pinned);
         Ok((image, lease))
