@@ -54,6 +54,7 @@ mod manifest;
 mod platform;
 mod reference;
 mod registry;
+mod source;
 mod store;
 mod unpack;
 
@@ -64,6 +65,7 @@ pub use error::{ImageError, ImageErrorKind};
 pub use platform::{TARGET_ARCHITECTURE, TARGET_OS};
 pub use reference::{DEFAULT_REGISTRY, DEFAULT_TAG, ImageReference};
 pub use registry::{CONNECT_TIMEOUT, MAX_MANIFEST_BYTES, READ_TIMEOUT};
+pub use source::{ArchiveReference, ArchiveTransport, ImageSource};
 pub use store::{ImageStore, MAX_CONCURRENT_LAYER_PULLS, MAX_CONFIG_BYTES, MAX_LAYERS_PER_IMAGE};
 pub use unpack::{
     MAX_LAYER_ENTRIES, MAX_LAYER_UNPACKED_BYTES, MAX_TAR_METADATA_BYTES, UnpackLimits,

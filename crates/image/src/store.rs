@@ -20,6 +20,8 @@ use crate::registry::{MAX_MANIFEST_BYTES, RegistryClient, manifest_too_large};
 use crate::unpack::{UnpackError, UnpackLimits, unpack_layer};
 use crate::{Image, RegistryAuth, install_crypto_provider};
 
+mod archive;
+
 /// Largest image config accepted (it is read into memory; real ones are kilobytes).
 pub const MAX_CONFIG_BYTES: u64 = 8 << 20;
 /// Most layers one image may have (overlayfs stacks them all; Docker stops at 127).
@@ -107,8 +109,11 @@ impl ImageStore {
     }
 
     /// Pulls `reference` (linux/amd64) and unpacks its layers; layers and blobs already present
-    /// are not fetched again.
+    /// are not fetched again. `reference` may also be an image archive (see `source`).
     pub async fn pull(&self, reference: &str, auth: &RegistryAuth) -> Result<Image, ImageError> {
+        if let Some(archive) = archive::parse(reference)? {
+            return self.pull_archive(archive).await;
+        }
         let started = Instant::now();
         let r =
             ImageReference::parse(reference).map_err(|reason| ImageError::InvalidReference {
@@ -192,6 +197,9 @@ impl ImageStore {
     /// The image pinned by `pinned` (`registry/repository@sha256:…`), if its manifest, config
     /// and every layer are present locally. No network.
     pub fn get(&self, pinned: &str) -> Result<Option<Image>, ImageError> {
+        if let Some(archive) = archive::parse(pinned)? {
+            return self.get_archive(archive);
+        }
         let r = ImageReference::parse(pinned).map_err(|reason| ImageError::InvalidReference {
             reference: pinned.to_owned(),
             reason,
@@ -484,7 +492,7 @@ fn clear_dir(dir: &Path) -> Result<usize, ImageError> {
 }
 
 fn parse_document(
-    r: &ImageReference,
+    r: &dyn std::fmt::Display,
     digest: &Digest,
     bytes: &[u8],
 ) -> Result<Document, ImageError> {
@@ -503,7 +511,7 @@ fn parse_document(
 }
 
 fn parse_config(
-    r: &ImageReference,
+    r: &dyn std::fmt::Display,
     digest: &Digest,
     bytes: &[u8],
 ) -> Result<ConfigFile, ImageError> {
@@ -517,7 +525,7 @@ fn parse_config(
 
 /// A digest named inside the document `within`.
 fn parse_digest(
-    r: &ImageReference,
+    r: &dyn std::fmt::Display,
     what: &'static str,
     within: &Digest,
     digest: &str,
@@ -531,7 +539,7 @@ fn parse_digest(
 }
 
 fn descriptor_size(
-    r: &ImageReference,
+    r: &dyn std::fmt::Display,
     what: &'static str,
     within: &Digest,
     size: i64,
@@ -581,7 +589,7 @@ fn write_error(e: WriteError, r: &ImageReference, digest: &Digest) -> ImageError
 
 fn unpack_error(
     e: UnpackError,
-    r: &ImageReference,
+    r: &dyn std::fmt::Display,
     layer: &Digest,
     limits: &UnpackLimits,
 ) -> ImageError {
