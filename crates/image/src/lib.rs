@@ -42,6 +42,10 @@
 //! parsing (lenient, OCI and Docker v2 alike), verification and error wording are ours. Plain
 //! HTTP is used only for registries on loopback addresses.
 //!
+//! **Image archives** (`oci-archive:`, `oci:`, `docker-archive:`; parsed by [`ImageSource`]) go
+//! through the same checks without a registry: members are read only by the names the layout
+//! names, by offset, never by extracting the archive (`store/archive.rs`).
+//!
 //! Filesystem-mutating calls of unpacking sit behind the `LayerFs` seam, so the entry logic is
 //! unit-tested against a recording fake; the kernel side is covered by the integration tests,
 //! which need root and a local registry.

@@ -9,6 +9,7 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 use common::{Env, read, require_root};
+use serde_json::json;
 use wharf_image::{ImageErrorKind, RegistryAuth};
 use wharf_test_support::oci::{Entry, ImageBuilder, IndexBuilder, Layer};
 
@@ -372,5 +373,133 @@ async fn missing_relative_and_non_layout_paths_get_clear_errors() -> anyhow::Res
         .unwrap_err();
     assert!(err.to_string().contains("not pinned"), "{err}");
     assert!(env.tmp_entries().is_empty());
+    Ok(())
+}
+
+/// A tar of `(name, content)` files and `(name, target)` symlinks, as `docker save` writes.
+fn write_tar(path: &Path, files: &[(String, Vec<u8>)], links: &[(String, String)]) {
+    let mut b = tar::Builder::new(std::fs::File::create(path).unwrap());
+    for (name, data) in files {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, name, data.as_slice()).unwrap();
+    }
+    for (name, target) in links {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        b.append_link(&mut h, name, target).unwrap();
+    }
+    b.finish().unwrap();
+}
+
+fn hex(digest: &str) -> &str {
+    digest.strip_prefix("sha256:").unwrap()
+}
+
+#[tokio::test]
+async fn docker_save_archives_old_and_new_layouts_gzip_and_linked_layers() -> anyhow::Result<()> {
+    if !require_root("docker_save_archives_old_and_new_layouts_gzip_and_linked_layers") {
+        return Ok(());
+    }
+    let env = Env::new()?;
+    let base = Layer::new(vec![Entry::file("etc/base", "base\n")]);
+    let builder = ImageBuilder::new()
+        .layer(base.clone())
+        .layer(Layer::new(vec![Entry::file("etc/app", "app\n")]))
+        // The same layer again: docker save links it to the first copy.
+        .layer(base.clone())
+        .cmd(["/app"])
+        .docker_v2();
+    let built = builder.build()?;
+    let diff_ids = built.diff_ids();
+    assert_eq!(diff_ids[0], diff_ids[2]);
+    let config = serde_json::to_vec(&builder.config_json(&diff_ids))?;
+    let config_hex = wharf_test_support::oci::sha256_digest(&config);
+    let config_hex = hex(&config_hex).to_owned();
+    let plain = |i: usize| builder.layers[i].tar().unwrap();
+    let gzipped = built.layers[1].blob.bytes.clone();
+    assert_eq!(&gzipped[..2], &[0x1f, 0x8b], "the second layer is gzip'd");
+
+    // Docker before 25: <id>/layer.tar, <config hex>.json, identical layers as symlinks.
+    let old = env.dir.path().join("old.tar");
+    let manifest = json!([{
+        "Config": format!("{config_hex}.json"),
+        "RepoTags": ["saved:old"],
+        "Layers": ["aaa/layer.tar", "bbb/layer.tar", "ccc/layer.tar"],
+    }]);
+    write_tar(
+        &old,
+        &[
+            ("aaa/VERSION".into(), b"1.0".to_vec()),
+            ("aaa/layer.tar".into(), plain(0)),
+            ("bbb/layer.tar".into(), gzipped.clone()),
+            (format!("{config_hex}.json"), config.clone()),
+            ("manifest.json".into(), serde_json::to_vec(&manifest)?),
+        ],
+        &[("ccc/layer.tar".into(), "../aaa/layer.tar".into())],
+    );
+    let image = pull(&env, &format!("docker-archive:{}", old.display())).await?;
+    assert_eq!(image.layers.len(), 3);
+    assert_eq!(image.layers[0], image.layers[2]);
+    assert_eq!(read(&image.layers[0].join("etc/base")), "base\n");
+    assert_eq!(read(&image.layers[1].join("etc/app")), "app\n");
+    assert_eq!(image.config.cmd, ["/app"]);
+    assert_eq!(env.layer_dirs().len(), 2);
+
+    // Docker 25 and later: blobs/sha256/<hex> names.
+    let new = env.dir.path().join("new.tar");
+    let blob = |d: &str| format!("blobs/sha256/{}", hex(d));
+    let manifest = json!([{
+        "Config": format!("blobs/sha256/{config_hex}"),
+        "RepoTags": ["saved:new"],
+        "Layers": [blob(&diff_ids[0]), blob(&built.layers[1].blob.digest), blob(&diff_ids[0])],
+    }]);
+    write_tar(
+        &new,
+        &[
+            (blob(&diff_ids[0]), plain(0)),
+            (blob(&built.layers[1].blob.digest), gzipped),
+            (format!("blobs/sha256/{config_hex}"), config.clone()),
+            ("manifest.json".into(), serde_json::to_vec(&manifest)?),
+        ],
+        &[],
+    );
+    let again = pull(&env, &format!("docker-archive:{}", new.display())).await?;
+    assert_eq!(again.layers, image.layers, "layers are shared by diff id");
+    assert!(env.store.get(&again.pinned)?.is_some());
+
+    // A layer whose bytes are not what the config's diff id says is refused.
+    let lying = env.dir.path().join("lying.tar");
+    let manifest = json!([{
+        "Config": format!("{config_hex}.json"),
+        "Layers": ["aaa/layer.tar", "bbb/layer.tar", "aaa/layer.tar"],
+    }]);
+    write_tar(
+        &lying,
+        &[
+            ("aaa/layer.tar".into(), plain(0)),
+            ("bbb/layer.tar".into(), plain(0)), // not the app layer
+            (format!("{config_hex}.json"), config),
+            ("manifest.json".into(), serde_json::to_vec(&manifest)?),
+        ],
+        &[],
+    );
+    remove_layers(&env);
+    let err = pull(&env, &format!("docker-archive:{}", lying.display()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ImageErrorKind::Corrupt, "{err}");
+    assert!(err.to_string().contains(&diff_ids[1]), "{err}");
+    assert!(
+        !env.store_root()
+            .join("layers")
+            .join(hex(&diff_ids[1]))
+            .exists()
+    );
+    assert!(env.tmp_entries().is_empty(), "{:?}", env.tmp_entries());
     Ok(())
 }
