@@ -503,3 +503,61 @@ async fn docker_save_archives_old_and_new_layouts_gzip_and_linked_layers() -> an
     assert!(env.tmp_entries().is_empty(), "{:?}", env.tmp_entries());
     Ok(())
 }
+
+/// Appends a regular file whose header name is `name` as given (`..`, absolute: what a hostile
+/// archive has and `tar::Builder` would refuse to write).
+fn append_raw(b: &mut tar::Builder<std::fs::File>, name: &[u8], data: &[u8]) {
+    let mut h = tar::Header::new_old();
+    h.as_old_mut().name[..name.len()].copy_from_slice(name);
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_cksum();
+    b.append(&h, data).unwrap();
+}
+
+#[tokio::test]
+async fn hostile_member_names_and_links_out_of_a_layout_are_never_followed() -> anyhow::Result<()> {
+    if !require_root("hostile_member_names_and_links_out_of_a_layout_are_never_followed") {
+        return Ok(());
+    }
+    let env = Env::new()?;
+    let (built, _) = env.push("evil", "v1", two_layers("evil")).await?;
+    let layout = env.dir.path().join("layout");
+    if skopeo_copy(&env, "evil:v1", &format!("oci:{}", layout.display()), false)?.is_none() {
+        return Ok(());
+    }
+    // The layout's files, plus members whose names point outside wherever it might be unpacked.
+    let canary = env.dir.path().join("canary");
+    let tar = env.dir.path().join("evil.tar");
+    let mut b = tar::Builder::new(std::fs::File::create(&tar)?);
+    append_raw(&mut b, b"../canary", b"escaped");
+    append_raw(&mut b, canary.to_str().unwrap().as_bytes(), b"escaped");
+    b.append_dir_all(".", &layout)?;
+    b.finish()?;
+    drop(b);
+    let image = pull(&env, &format!("oci-archive:{}", tar.display())).await?;
+    assert_two_layers(&image.layers, "evil");
+    assert!(!canary.exists(), "nothing is extracted by its own name");
+    assert!(!env.store_root().join("canary").exists());
+
+    // In a layout directory, a blob that is a symlink out of it is refused, not read.
+    let layer = built.layers[1].blob.digest.clone();
+    let blob = layout.join("blobs/sha256").join(hex(&layer));
+    std::fs::remove_file(&blob)?;
+    let outside = env.dir.path().join("outside");
+    std::fs::write(&outside, "secret")?;
+    std::os::unix::fs::symlink(&outside, &blob)?;
+    remove_layers(&env);
+    std::fs::remove_file(env.store_root().join("blobs/sha256").join(hex(&layer)))?;
+    let err = pull(&env, &format!("oci:{}", layout.display()))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("resolves outside the layout directory"),
+        "{err}"
+    );
+    assert!(env.tmp_entries().is_empty());
+    Ok(())
+}

@@ -311,6 +311,7 @@ impl Container {
 /// Reads the headers of a tar into name → member, without extracting anything.
 fn table_of_contents(file: &File) -> Result<HashMap<String, Member>, String> {
     use tar::EntryType;
+    let len = file.metadata().map_err(|e| e.to_string())?.len();
     let mut archive = tar::Archive::new(file);
     let entries = archive
         .entries_with_seek()
@@ -354,10 +355,15 @@ fn table_of_contents(file: &File) -> Result<HashMap<String, Member>, String> {
             continue; // never asked for: not UTF-8, or outside the archive root
         };
         let member = match kind {
-            EntryType::Regular | EntryType::Continuous => Member::File {
-                offset: entry.raw_file_position(),
-                size: entry.size(),
-            },
+            EntryType::Regular | EntryType::Continuous => {
+                let (offset, size) = (entry.raw_file_position(), entry.size());
+                if offset.checked_add(size).is_none_or(|end| end > len) {
+                    return Err(format!(
+                        "member {name} runs past the end of the file (it is truncated)"
+                    ));
+                }
+                Member::File { offset, size }
+            }
             EntryType::Symlink | EntryType::Link => {
                 let Some(target) = entry.link_name_bytes() else {
                     continue;
@@ -936,10 +942,16 @@ impl ImageStore {
             ));
         }
         if size > self.inner.limits.max_bytes {
-            let digest = expected
-                .map(|(d, _)| d.clone())
-                .unwrap_or_else(|| Digest::of(b""));
-            return Err(layer_too_large(&digest, &self.inner.limits));
+            return Err(match expected {
+                Some((digest, _)) => layer_too_large(digest, &self.inner.limits),
+                None => ImageError::TooLarge {
+                    subject: format!("layer {member} of image {src}"),
+                    what: "the size",
+                    limit: human_bytes(self.inner.limits.max_bytes),
+                    constant: "MAX_LAYER_UNPACKED_BYTES",
+                    hint: "make the image smaller",
+                },
+            });
         }
         let tmp_dir = &self.inner.tmp;
         let mut tmp = tempfile::Builder::new()
@@ -1488,5 +1500,16 @@ mod tests {
                 .contains("more than one")
         );
         assert!(read_member(&c, "loop").unwrap_err().contains("chain"));
+    }
+
+    #[test]
+    fn a_member_past_the_end_of_the_file_is_refused() {
+        use tar::EntryType as T;
+        let f = tar_of(&[("big", T::Regular, &[7u8; 4096], None)]);
+        let whole = std::fs::read(f.path()).unwrap();
+        std::fs::write(f.path(), &whole[..1024]).unwrap();
+        let file = File::open(f.path()).unwrap();
+        let err = table_of_contents(&file).unwrap_err();
+        assert!(err.contains("big runs past the end"), "{err}");
     }
 }
