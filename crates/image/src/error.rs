@@ -132,6 +132,15 @@ pub enum ImageError {
         source: std::io::Error,
     },
 
+    /// An image archive (`oci-archive:`, `oci:`, `docker-archive:`) that cannot be used; the
+    /// reason names the file or blob and says what to do.
+    #[error("image {reference}: {reason}")]
+    Archive {
+        reference: String,
+        kind: ImageErrorKind,
+        reason: String,
+    },
+
     #[error("cannot {action} {}: {source}", path.display())]
     Io {
         action: &'static str,
@@ -161,6 +170,7 @@ impl ImageError {
             ImageError::HostileLayer { .. } => ImageErrorKind::HostileLayer,
             ImageError::TooLarge { .. } => ImageErrorKind::TooLarge,
             ImageError::Unpack { .. } | ImageError::Io { .. } => ImageErrorKind::Io,
+            ImageError::Archive { kind, .. } => *kind,
         }
     }
 

@@ -44,6 +44,10 @@
 //! parsing (lenient, OCI and Docker v2 alike), verification and error wording are ours. Plain
 //! HTTP is used only for registries on loopback addresses.
 //!
+//! **Image archives** (`oci-archive:`, `oci:`, `docker-archive:`; parsed by [`ImageSource`]) go
+//! through the same checks without a registry: members are read only by the names the layout
+//! names, by offset, never by extracting the archive (`store/archive.rs`).
+//!
 //! Filesystem-mutating calls of unpacking sit behind the `LayerFs` seam, so the entry logic is
 //! unit-tested against a recording fake; the kernel side is covered by the integration tests,
 //! which need root and a local registry.
@@ -58,6 +62,7 @@ mod progress;
 mod reference;
 mod registry;
 mod resolve;
+mod source;
 mod store;
 mod unpack;
 
@@ -70,6 +75,7 @@ pub use progress::{LayerInfo, PROGRESS_INTERVAL, PullEvent, PullOptions};
 pub use reference::{DEFAULT_REGISTRY, DEFAULT_TAG, ImageReference};
 pub use registry::{CONNECT_TIMEOUT, MAX_MANIFEST_BYTES, READ_TIMEOUT};
 pub use resolve::Resolved;
+pub use source::{ArchiveReference, ArchiveTransport, ImageSource};
 pub use store::gc::{ImageLease, PruneReport, Pruning, StoredImage};
 pub use store::{ImageStore, MAX_CONCURRENT_LAYER_PULLS, MAX_CONFIG_BYTES, MAX_LAYERS_PER_IMAGE};
 pub use unpack::{

@@ -27,6 +27,8 @@ use crate::unpack::{
 };
 use crate::{Image, RegistryAuth, install_crypto_provider};
 
+mod archive;
+
 /// Largest image config accepted (it is read into memory; real ones are kilobytes).
 pub const MAX_CONFIG_BYTES: u64 = 8 << 20;
 /// Most layers one image may have (overlayfs stacks them all; Docker stops at 127).
@@ -130,7 +132,8 @@ impl ImageStore {
     }
 
     /// Pulls `reference` (linux/amd64) and unpacks its layers; layers and blobs already present
-    /// are not fetched again. The image is added to the store's list ([`ImageStore::list`]);
+    /// are not fetched again. `reference` may also be an image archive (see `source`). The image
+    /// is added to the store's list ([`ImageStore::list`]);
     /// a prune may remove it once this returns unless it is in use (see
     /// [`ImageStore::pull_leased`]).
     pub async fn pull(&self, reference: &str, auth: &RegistryAuth) -> Result<Image, ImageError> {
@@ -157,6 +160,9 @@ impl ImageStore {
         auth: &RegistryAuth,
         options: &PullOptions,
     ) -> Result<Image, ImageError> {
+        if let Some(archive) = archive::parse(reference)? {
+            return self.pull_archive(archive).await;
+        }
         let started = Instant::now();
         let r =
             ImageReference::parse(reference).map_err(|reason| ImageError::InvalidReference {
@@ -264,6 +270,9 @@ impl ImageStore {
     /// The image pinned by `pinned` (`registry/repository@sha256:…`), if its manifest, config
     /// and every layer are present locally. No network.
     pub fn get(&self, pinned: &str) -> Result<Option<Image>, ImageError> {
+        if let Some(archive) = archive::parse(pinned)? {
+            return self.get_archive(archive);
+        }
         let r = ImageReference::parse(pinned).map_err(|reason| ImageError::InvalidReference {
             reference: pinned.to_owned(),
             reason,
@@ -597,7 +606,7 @@ fn clear_dir(dir: &Path) -> Result<usize, ImageError> {
 }
 
 pub(crate) fn parse_document(
-    r: &ImageReference,
+    r: &dyn std::fmt::Display,
     digest: &Digest,
     bytes: &[u8],
 ) -> Result<Document, ImageError> {
@@ -616,7 +625,7 @@ pub(crate) fn parse_document(
 }
 
 fn parse_config(
-    r: &ImageReference,
+    r: &dyn std::fmt::Display,
     digest: &Digest,
     bytes: &[u8],
 ) -> Result<ConfigFile, ImageError> {
@@ -630,7 +639,7 @@ fn parse_config(
 
 /// A digest named inside the document `within`.
 fn parse_digest(
-    r: &ImageReference,
+    r: &dyn std::fmt::Display,
     what: &'static str,
     within: &Digest,
     digest: &str,
@@ -644,7 +653,7 @@ fn parse_digest(
 }
 
 fn descriptor_size(
-    r: &ImageReference,
+    r: &dyn std::fmt::Display,
     what: &'static str,
     within: &Digest,
     size: i64,
@@ -669,7 +678,7 @@ fn layer_too_large(digest: &Digest, limits: &UnpackLimits) -> ImageError {
 
 /// The image's layers together are over `wharf serve --max-image-size`.
 fn image_too_large(
-    r: &ImageReference,
+    r: &dyn std::fmt::Display,
     layer: Option<&Digest>,
     what: &'static str,
     limit: u64,
@@ -713,7 +722,7 @@ fn write_error(e: WriteError, r: &ImageReference, digest: &Digest) -> ImageError
 
 fn unpack_error(
     e: UnpackError,
-    r: &ImageReference,
+    r: &dyn std::fmt::Display,
     layer: &Digest,
     limits: &UnpackLimits,
 ) -> ImageError {

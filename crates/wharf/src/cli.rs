@@ -140,7 +140,9 @@ pub struct ServeArgs {
 #[derive(Debug, Args)]
 pub struct DeployArgs {
     pub name: String,
-    /// Image reference, e.g. 127.0.0.1:5000/hello:latest (resolved to a digest and pinned)
+    /// Image reference, e.g. 127.0.0.1:5000/hello:latest, or an archive on the server's machine
+    /// (absolute path): oci-archive:PATH, oci:PATH, docker-archive:PATH (resolved to a digest
+    /// and pinned)
     #[arg(long)]
     pub image: String,
     /// Contract the image speaks

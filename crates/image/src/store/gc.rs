@@ -101,6 +101,9 @@ impl Gc {
 
 /// Leases are counted by the canonical pinned reference (as `pull` returns it).
 fn lease_key(pinned: &str) -> String {
+    if matches!(super::archive::parse(pinned), Ok(Some(_))) {
+        return pinned.to_owned();
+    }
     match ImageReference::parse(pinned) {
         Ok(r) => match &r.digest {
             Some(d) => r.pinned(d),
@@ -358,15 +361,28 @@ impl ImageStore {
     /// The blobs and layers `pinned` reaches in the store; `None` if not even its manifest is
     /// here. Present parts are listed even when others are missing.
     fn parts(&self, pinned: &str) -> Result<Option<Parts>, ImageError> {
-        let r = ImageReference::parse(pinned).map_err(|reason| ImageError::InvalidReference {
+        let not_pinned = || ImageError::InvalidReference {
             reference: pinned.to_owned(),
-            reason,
-        })?;
-        let Some(digest) = r.digest.clone() else {
-            return Err(ImageError::InvalidReference {
-                reference: pinned.to_owned(),
-                reason: "it is not pinned by digest (expected registry/repository@sha256:…)".into(),
-            });
+            reason: "it is not pinned by digest (expected registry/repository@sha256:… or \
+                     TRANSPORT:PATH@sha256:…)"
+                .into(),
+        };
+        // An image archive's blobs are in the store like a registry image's.
+        let (r, digest): (String, Digest) = match super::archive::parse(pinned)? {
+            Some(archive) => {
+                let digest = archive.digest.clone().ok_or_else(not_pinned)?;
+                (archive.to_string(), digest)
+            }
+            None => {
+                let r = ImageReference::parse(pinned).map_err(|reason| {
+                    ImageError::InvalidReference {
+                        reference: pinned.to_owned(),
+                        reason,
+                    }
+                })?;
+                let digest = r.digest.clone().ok_or_else(not_pinned)?;
+                (r.to_string(), digest)
+            }
         };
         let Some(bytes) = self.read_blob(&digest, MAX_MANIFEST_BYTES)? else {
             return Ok(None);
