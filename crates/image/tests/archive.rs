@@ -115,7 +115,11 @@ async fn oci_archive_is_pulled_pinned_found_offline_and_pulled_again_by_digest()
         .find(|i| i.pinned == image.pinned)
         .expect("the archive image is listed");
     assert!(entry.complete && entry.layers == 2, "{entry:?}");
-    let report = env.store.begin_prune().await.run(std::slice::from_ref(&image.pinned))?;
+    let report = env
+        .store
+        .begin_prune()
+        .await
+        .run(std::slice::from_ref(&image.pinned))?;
     assert!(report.images_removed.is_empty(), "{report:?}");
     assert!(env.store.get(&image.pinned)?.is_some());
 
