@@ -40,13 +40,19 @@
 //! **The registry client is `oci-client`**, which handles the distribution API and the
 //! `WWW-Authenticate` dance (anonymous, basic, bearer tokens). Platform selection, manifest
 //! parsing (lenient, OCI and Docker v2 alike), verification and error wording are ours. Plain
-//! HTTP is used only for registries on loopback addresses.
+//! HTTP is used only for registries on loopback addresses and those listed as insecure
+//! ([`RegistrySettings`]); credentials come from the function (`registry_auth`), else from a
+//! Docker `config.json` ([`RegistryCredentials`]). Blob redirects (to S3 and the like) are
+//! followed by reqwest, which drops the `Authorization` header when the host, port or scheme
+//! changes; non-distributable layers are fetched from their `urls` (never with credentials)
+//! when the registry does not have them.
 //!
 //! Filesystem-mutating calls of unpacking sit behind the `LayerFs` seam, so the entry logic is
 //! unit-tested against a recording fake; the kernel side is covered by the integration tests,
 //! which need root and a local registry.
 
 mod blobs;
+mod credentials;
 mod digest;
 mod error;
 mod layer_fs;
@@ -59,6 +65,10 @@ mod unpack;
 
 use serde::{Deserialize, Serialize};
 
+pub use credentials::{
+    LoadReport, MAX_REGISTRY_CONFIG_BYTES, RegistryConfigError, RegistryCredentials,
+    RegistrySettings,
+};
 pub use digest::Digest;
 pub use error::{ImageError, ImageErrorKind};
 pub use platform::{TARGET_ARCHITECTURE, TARGET_OS};

@@ -1,6 +1,13 @@
 //! The registry client: `oci-client` for the HTTP and the `WWW-Authenticate` dance, with our own
 //! error mapping, re-authentication on 401/403, and a bound on manifest sizes.
 //!
+//! Redirects (registries answer blob GETs with 307 to S3 and the like) are followed by reqwest's
+//! default policy, which drops `Authorization` whenever the host, port or scheme changes, so the
+//! registry's token never reaches the storage host. Layers that carry `urls` (non-distributable
+//! and foreign layers) are tried at the registry first, then at each http(s) URL, without
+//! credentials (oci-client's rule, after CVE-2020-15157); the bytes are verified by digest like
+//! any blob.
+//!
 //! `oci-client` verifies manifest digests against the reference and streams blobs; it does not
 //! bound what it reads (a manifest is read whole), so we check sizes ourselves, and we verify blob
 //! digests and sizes again while streaming (see `blobs`), because a blob is written to disk before
@@ -17,6 +24,7 @@ use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth as OciAuth;
 
 use crate::RegistryAuth;
+use crate::credentials::RegistrySettings;
 use crate::digest::Digest;
 use crate::error::{ImageError, human_bytes};
 use crate::manifest::ACCEPTED_MANIFEST_TYPES;
@@ -38,20 +46,42 @@ pub(crate) enum Fetch<'a> {
     Blob(&'a str),
 }
 
+/// How many times one request is retried with a fresh token after 401/403: a token can run out
+/// again before the retry reaches the registry when other layers share it.
+const MAX_REAUTH_ATTEMPTS: usize = 3;
+
 /// A client for one repository of one registry, with one set of credentials.
 pub(crate) struct RegistryClient {
     client: Client,
     auth: OciAuth,
+    /// What to check when the credentials are refused (their source).
+    check: String,
+    /// Whether plain HTTP is used (loopback or listed as insecure).
+    plain_http: bool,
     reference: ImageReference,
     oci_ref: oci_client::Reference,
+}
+
+/// A blob to fetch: its digest, and where else it may be found (`urls` of non-distributable
+/// layers).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BlobSource<'a> {
+    pub(crate) digest: &'a Digest,
+    pub(crate) size: u64,
+    pub(crate) media_type: &'a str,
+    pub(crate) urls: &'a [String],
 }
 
 impl RegistryClient {
     pub(crate) fn new(
         reference: &ImageReference,
         auth: &RegistryAuth,
+        settings: &RegistrySettings,
     ) -> Result<RegistryClient, ImageError> {
-        let protocol = if reference.is_loopback_registry() {
+        let plain_http =
+            reference.is_loopback_registry() || settings.is_insecure(&reference.registry);
+        let (auth, check) = settings.auth_for(&reference.registry, auth);
+        let protocol = if plain_http {
             ClientProtocol::HttpsExcept(vec![reference.registry.clone()])
         } else {
             ClientProtocol::Https
@@ -72,13 +102,13 @@ impl RegistryClient {
         })?;
         let auth = match auth {
             RegistryAuth::Anonymous => OciAuth::Anonymous,
-            RegistryAuth::Basic { username, password } => {
-                OciAuth::Basic(username.clone(), password.clone())
-            }
+            RegistryAuth::Basic { username, password } => OciAuth::Basic(username, password),
         };
         Ok(RegistryClient {
             client,
             auth,
+            check,
+            plain_http,
             oci_ref: reference.to_oci(),
             reference: reference.clone(),
         })
@@ -116,34 +146,69 @@ impl RegistryClient {
         Ok((bytes, actual))
     }
 
-    /// Starts streaming a blob. The stream is verified by `blobs::BlobStore::write_stream`.
-    pub(crate) async fn blob(&self, digest: &Digest) -> Result<SizedStream, ImageError> {
-        self.with_reauth(|| self.client.pull_blob_stream(&self.oci_ref, digest.as_str()))
+    /// Starts streaming a blob: from the registry, else (for a layer with `urls`) from the first
+    /// URL that serves it. The stream is verified by `blobs::BlobStore::write_stream`.
+    pub(crate) async fn blob(&self, blob: BlobSource<'_>) -> Result<SizedStream, ImageError> {
+        let urls: Vec<String> = blob
+            .urls
+            .iter()
+            .filter(|u| u.starts_with("http://") || u.starts_with("https://"))
+            .cloned()
+            .collect();
+        if urls.len() < blob.urls.len() {
+            tracing::warn!(
+                blob = %blob.digest,
+                "ignoring layer URLs that are not http or https"
+            );
+        }
+        let descriptor = oci_client::manifest::OciDescriptor {
+            media_type: blob.media_type.to_owned(),
+            digest: blob.digest.to_string(),
+            size: i64::try_from(blob.size).unwrap_or(i64::MAX),
+            urls: (!urls.is_empty()).then_some(urls),
+            ..Default::default()
+        };
+        self.with_reauth(|| self.client.pull_blob_stream(&self.oci_ref, &descriptor))
             .await
-            .map_err(|e| self.map_error(e, Fetch::Blob(digest.as_str())))
+            .map_err(|e| self.map_error(e, Fetch::Blob(blob.digest.as_str())))
     }
 
-    /// Runs `op`; if the registry answers 401 or 403 (an expired or missing token), fetches a new
-    /// token and runs it once more.
+    /// Runs `op`; while the registry answers 401 or 403 (an expired or missing token), fetches a
+    /// new token and runs it again, up to [`MAX_REAUTH_ATTEMPTS`] times.
     async fn with_reauth<T, F, Fut>(&self, op: F) -> Result<T, OciDistributionError>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, OciDistributionError>>,
     {
-        match op().await {
-            Err(e) if auth_status(&e).is_some() => {
-                tracing::debug!(registry = %self.reference.registry, error = %e, "re-authenticating");
-                self.client
-                    .auth(&self.oci_ref, &self.auth, RegistryOperation::Pull)
-                    .await?;
-                op().await
+        let mut attempts = 0;
+        loop {
+            match op().await {
+                Err(e) if auth_status(&e).is_some() && attempts < MAX_REAUTH_ATTEMPTS => {
+                    attempts += 1;
+                    tracing::debug!(
+                        registry = %self.reference.registry,
+                        status = auth_status(&e),
+                        attempt = attempts,
+                        "re-authenticating"
+                    );
+                    self.client
+                        .auth(&self.oci_ref, &self.auth, RegistryOperation::Pull)
+                        .await?;
+                }
+                result => return result,
             }
-            result => result,
         }
     }
 
     pub(crate) fn map_error(&self, err: OciDistributionError, fetch: Fetch<'_>) -> ImageError {
-        map_error(&self.reference, &self.auth, err, fetch)
+        map_error(
+            &self.reference,
+            &self.auth,
+            &self.check,
+            self.plain_http,
+            err,
+            fetch,
+        )
     }
 }
 
@@ -179,6 +244,8 @@ fn auth_status(err: &OciDistributionError) -> Option<u16> {
 fn map_error(
     reference: &ImageReference,
     auth: &OciAuth,
+    check: &str,
+    plain_http: bool,
     err: OciDistributionError,
     fetch: Fetch<'_>,
 ) -> ImageError {
@@ -206,6 +273,7 @@ fn map_error(
                 registry,
                 repository,
                 status,
+                check: check.to_owned(),
             },
         };
     }
@@ -214,6 +282,11 @@ fn map_error(
         Fetch::Blob(d) => format!("blob {d}"),
     };
     let detail = match err {
+        OciDistributionError::RequestError(e) if !plain_http && is_tls_error(&e) => format!(
+            "the TLS handshake failed ({}); if {registry} serves plain HTTP, start wharf serve \
+             with --insecure-registry {registry}",
+            transport_reason(&e)
+        ),
         OciDistributionError::RequestError(e) if e.is_connect() || e.is_timeout() => {
             return ImageError::Unreachable {
                 registry,
@@ -260,7 +333,10 @@ fn map_error(
                         .as_ref()
                         .map_or_else(|| "(manifest)".to_owned(), ToString::to_string),
                 },
-                reason: e.to_string(),
+                reason: match fetch {
+                    Fetch::Blob(_) => e.to_string(),
+                    Fetch::Manifest => format!("the manifest sent does not match it ({e})"),
+                },
             };
         }
         other => other.to_string(),
@@ -271,6 +347,29 @@ fn map_error(
         what,
         detail,
     }
+}
+
+/// Whether a transport error is a TLS failure (a plain-HTTP server answers a TLS hello with
+/// bytes rustls calls a corrupt message).
+fn is_tls_error(err: &reqwest::Error) -> bool {
+    fn is_tls(e: &(dyn std::error::Error + 'static)) -> bool {
+        if e.is::<rustls::Error>() {
+            return true;
+        }
+        // io::Error's `source` skips the error it wraps (often another io::Error around the
+        // rustls error): look inside.
+        e.downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+            .is_some_and(|inner| is_tls(inner))
+    }
+    let mut source = err.source();
+    while let Some(s) = source {
+        if is_tls(s) {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// The innermost cause of a transport error, worded for people (`connection refused`).
@@ -323,6 +422,8 @@ mod tests {
             let e = map_error(
                 &reference(),
                 &OciAuth::Anonymous,
+                "check registry_auth",
+                true,
                 envelope(code),
                 Fetch::Manifest,
             );
@@ -331,6 +432,8 @@ mod tests {
         let e = map_error(
             &reference(),
             &OciAuth::Anonymous,
+            "check registry_auth",
+            true,
             envelope(OciErrorCode::BlobUnknown),
             Fetch::Blob("sha256:x"),
         );
@@ -343,12 +446,21 @@ mod tests {
         let e = map_error(
             &reference(),
             &OciAuth::Anonymous,
+            "check registry_auth",
+            true,
             unauthorized(),
             Fetch::Manifest,
         );
         assert!(e.to_string().contains("requires credentials"), "{e}");
         let basic = OciAuth::Basic("u".into(), "p".into());
-        let e = map_error(&reference(), &basic, unauthorized(), Fetch::Manifest);
+        let e = map_error(
+            &reference(),
+            &basic,
+            "check registry_auth",
+            true,
+            unauthorized(),
+            Fetch::Manifest,
+        );
         assert_eq!(
             e.to_string(),
             "registry 127.0.0.1:5000 refused the credentials for repository hello (401): check \
@@ -357,6 +469,8 @@ mod tests {
         let e = map_error(
             &reference(),
             &basic,
+            "check registry_auth",
+            true,
             envelope(OciErrorCode::Denied),
             Fetch::Manifest,
         );
