@@ -111,6 +111,13 @@ pub struct ServeArgs {
     /// Name of the cgroup under which instances' cgroups are created
     #[arg(long, default_value = "wharf")]
     pub cgroup_parent: String,
+    /// Registry credentials: a Docker config.json (`auths`) [default: $DOCKER_CONFIG/config.json
+    /// if it exists, else none]. A function's registry_auth wins over it
+    #[arg(long, value_name = "PATH")]
+    pub registry_config: Option<PathBuf>,
+    /// A registry spoken to in plain HTTP (repeatable); loopback registries always are
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    pub insecure_registries: Vec<String>,
 }
 
 #[derive(Debug, Args)]
