@@ -17,8 +17,8 @@
 //!   counted as they arrive and the download is abandoned as soon as it runs past the size its
 //!   descriptor declares. Nothing unverified is ever looked at by name. Manifests and configs,
 //!   which are read into memory, are refused above [`MAX_MANIFEST_BYTES`] and
-//!   [`MAX_CONFIG_BYTES`] — configs while streaming, manifests only after oci-client has read
-//!   them whole (it offers no bounded read; a streaming, bounded manifest fetch is to come).
+//!   [`MAX_CONFIG_BYTES`] while streaming (manifests are fetched by our own bounded GET, not
+//!   by oci-client, which would read them whole).
 //!   Digests from manifests become file names only after strict parsing (`sha256:` and 64
 //!   lower-case hex digits), so `sha256:../../x` never reaches the file system.
 //! - *Everything is written to `tmp/` and renamed into place.* A blob or layer is visible under

@@ -8,10 +8,11 @@
 //! credentials (oci-client's rule, after CVE-2020-15157); the bytes are verified by digest like
 //! any blob.
 //!
-//! `oci-client` verifies manifest digests against the reference and streams blobs; it does not
-//! bound what it reads (a manifest is read whole), so we check sizes ourselves, and we verify blob
-//! digests and sizes again while streaming (see `blobs`), because a blob is written to disk before
-//! `oci-client`'s own check would fire at the end of the stream.
+//! Manifests are fetched by us (oci-client reads a manifest whole before anyone can check its
+//! size): a plain GET with the token oci-client's `auth` obtained, read at most
+//! [`MAX_MANIFEST_BYTES`], refused at once when `Content-Length` says more. `oci-client` streams
+//! blobs; we verify their digests and sizes again while streaming (see `blobs`), because a blob
+//! is written to disk before `oci-client`'s own check would fire at the end of the stream.
 
 use std::error::Error as _;
 use std::time::Duration;
@@ -46,6 +47,19 @@ pub(crate) enum Fetch<'a> {
     Blob(&'a str),
 }
 
+/// How our own manifest requests authenticate: not at all until the registry answers 401/403
+/// (credentials are never volunteered), then with the token its challenge led to, or with the
+/// basic credentials when it asked for no token.
+#[derive(Clone, Debug)]
+enum ManifestAuth {
+    None,
+    Bearer(String),
+    Basic,
+}
+
+/// Most bytes of an error answer read (for its message).
+const MAX_ERROR_BODY_BYTES: usize = 64 << 10;
+
 /// How many times one request is retried with a fresh token after 401/403: a token can run out
 /// again before the retry reaches the registry when other layers share it.
 const MAX_REAUTH_ATTEMPTS: usize = 3;
@@ -56,6 +70,10 @@ pub(crate) struct RegistryClient {
     auth: OciAuth,
     /// What to check when the credentials are refused (their source).
     check: String,
+    /// For manifests, which we fetch ourselves to bound what is read.
+    http: reqwest::Client,
+    /// How manifest requests authenticate, once the registry has asked.
+    manifest_auth: std::sync::Mutex<ManifestAuth>,
     /// Whether plain HTTP is used (loopback or listed as insecure).
     plain_http: bool,
     reference: ImageReference,
@@ -94,12 +112,19 @@ impl RegistryClient {
             user_agent: USER_AGENT,
             ..ClientConfig::default()
         };
-        let client = Client::try_from(config).map_err(|e| ImageError::Registry {
+        let setup_error = |detail: String| ImageError::Registry {
             registry: reference.registry.clone(),
             reference: reference.to_string(),
             what: "the client set-up".into(),
-            detail: e.to_string(),
-        })?;
+            detail,
+        };
+        let client = Client::try_from(config).map_err(|e| setup_error(e.to_string()))?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_TIMEOUT)
+            .user_agent(USER_AGENT)
+            .build()
+            .map_err(|e| setup_error(e.to_string()))?;
         let auth = match auth {
             RegistryAuth::Anonymous => OciAuth::Anonymous,
             RegistryAuth::Basic { username, password } => OciAuth::Basic(username, password),
@@ -108,6 +133,8 @@ impl RegistryClient {
             client,
             auth,
             check,
+            http,
+            manifest_auth: std::sync::Mutex::new(ManifestAuth::None),
             plain_http,
             oci_ref: reference.to_oci(),
             reference: reference.clone(),
@@ -124,16 +151,7 @@ impl RegistryClient {
             Some(d) => self.oci_ref.clone_with_digest(d.to_string()),
             None => self.oci_ref.clone(),
         };
-        let (bytes, _) = self
-            .with_reauth(|| {
-                self.client
-                    .pull_manifest_raw(&target, &self.auth, ACCEPTED_MANIFEST_TYPES)
-            })
-            .await
-            .map_err(|e| self.map_error(e, Fetch::Manifest))?;
-        if bytes.len() as u64 > MAX_MANIFEST_BYTES {
-            return Err(manifest_too_large(&self.reference));
-        }
+        let bytes = self.manifest_bounded(&target).await?;
         let actual = Digest::of(&bytes);
         let expected = digest.or(self.reference.digest.as_ref());
         if let Some(expected) = expected.filter(|e| **e != actual) {
@@ -144,6 +162,99 @@ impl RegistryClient {
             });
         }
         Ok((bytes, actual))
+    }
+
+    /// GETs a manifest ourselves, so that at most [`MAX_MANIFEST_BYTES`] are ever read
+    /// (oci-client reads a manifest whole before anyone can look at its size). Tokens come from
+    /// oci-client's `auth` (the `WWW-Authenticate` dance), which also caches them for the blob
+    /// requests; basic credentials are sent as they are when the registry asks for no token.
+    async fn manifest_bounded(&self, target: &oci_client::Reference) -> Result<Bytes, ImageError> {
+        use futures::StreamExt as _;
+        let map = |e: OciDistributionError| self.map_error(e, Fetch::Manifest);
+        let url = format!(
+            "{scheme}://{host}/v2/{repository}/manifests/{reference}",
+            scheme = if self.plain_http { "http" } else { "https" },
+            host = target.resolve_registry(),
+            repository = target.repository(),
+            reference = target
+                .digest()
+                .or(target.tag())
+                .unwrap_or(crate::reference::DEFAULT_TAG),
+        );
+        let mut attempts = 0;
+        let response = loop {
+            let how = self
+                .manifest_auth
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            let request = self
+                .http
+                .get(&url)
+                .header(reqwest::header::ACCEPT, ACCEPTED_MANIFEST_TYPES.join(", "));
+            let request = match (how, &self.auth) {
+                (ManifestAuth::Bearer(token), _) => request.bearer_auth(token),
+                (ManifestAuth::Basic, OciAuth::Basic(user, pass)) => {
+                    request.basic_auth(user, Some(pass))
+                }
+                _ => request,
+            };
+            let response = request.send().await.map_err(|e| map(e.into()))?;
+            let status = response.status().as_u16();
+            if (status == 401 || status == 403) && attempts < MAX_REAUTH_ATTEMPTS {
+                attempts += 1;
+                tracing::debug!(
+                    registry = %self.reference.registry,
+                    status,
+                    attempt = attempts,
+                    "authenticating for a manifest"
+                );
+                let how = match self
+                    .client
+                    .auth(target, &self.auth, RegistryOperation::Pull)
+                    .await
+                    .map_err(map)?
+                {
+                    Some(token) => ManifestAuth::Bearer(token),
+                    None if matches!(self.auth, OciAuth::Basic(..)) => ManifestAuth::Basic,
+                    // Nothing to authenticate with: the answer stands.
+                    None => break response,
+                };
+                *self.manifest_auth.lock().unwrap_or_else(|p| p.into_inner()) = how;
+                continue;
+            }
+            break response;
+        };
+        let status = response.status();
+        if !status.is_success() {
+            let mut body = Vec::new();
+            let mut stream = response.bytes_stream();
+            while let Some(chunk) = stream.next().await {
+                let Ok(chunk) = chunk else { break };
+                body.extend_from_slice(&chunk);
+                if body.len() > MAX_ERROR_BODY_BYTES {
+                    body.truncate(MAX_ERROR_BODY_BYTES);
+                    break;
+                }
+            }
+            return Err(map(status_error(status.as_u16(), &body, &url)));
+        }
+        if response
+            .content_length()
+            .is_some_and(|n| n > MAX_MANIFEST_BYTES)
+        {
+            return Err(manifest_too_large(&self.reference));
+        }
+        let mut bytes = Vec::new();
+        let mut stream = response.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| map(e.into()))?;
+            if (bytes.len() + chunk.len()) as u64 > MAX_MANIFEST_BYTES {
+                return Err(manifest_too_large(&self.reference));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(Bytes::from(bytes))
     }
 
     /// Starts streaming a blob: from the registry, else (for a layer with `urls`) from the first
@@ -219,6 +330,27 @@ pub(crate) fn manifest_too_large(r: &ImageReference) -> ImageError {
         limit: human_bytes(MAX_MANIFEST_BYTES),
         constant: "MAX_MANIFEST_BYTES",
         hint: "this is not a normal image manifest",
+    }
+}
+
+/// The error an unsuccessful answer stands for, as oci-client words it (so `map_error` treats
+/// manifests and blobs alike): 401, an OCI error envelope, or the status and body.
+fn status_error(code: u16, body: &[u8], url: &str) -> OciDistributionError {
+    if code == 401 {
+        return OciDistributionError::UnauthorizedError { url: url.into() };
+    }
+    if (400..500).contains(&code)
+        && let Ok(envelope) = serde_json::from_slice::<oci_client::errors::OciEnvelope>(body)
+    {
+        return OciDistributionError::RegistryError {
+            envelope,
+            url: url.into(),
+        };
+    }
+    OciDistributionError::ServerError {
+        code,
+        url: url.into(),
+        message: String::from_utf8_lossy(body).into_owned(),
     }
 }
 

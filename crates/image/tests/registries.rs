@@ -585,3 +585,41 @@ async fn a_tampering_proxy_is_caught_by_digest() -> anyhow::Result<()> {
     assert_eq!(std::fs::read_dir(dir.path().join("layers"))?.count(), 0);
     Ok(())
 }
+
+#[tokio::test]
+async fn an_oversized_manifest_is_refused_without_reading_it_whole() -> anyhow::Result<()> {
+    init_tracing();
+    let registry = Registry::start()?;
+    let front = Front::start(&registry.host(), FrontOptions::default()).await?;
+    // Valid JSON, 128 MiB of it (32 × MAX_MANIFEST_BYTES), sent without a length.
+    const HUGE: u64 = 128 << 20;
+    let mut huge = br#"{"schemaVersion":2,"manifests":[],"padding":""#.to_vec();
+    huge.resize(huge.len() + HUGE as usize, b' ');
+    huge.extend_from_slice(br#""}"#);
+    front.serve_manifest(
+        "huge",
+        "v1",
+        "application/vnd.oci.image.index.v1+json",
+        huge,
+    );
+    let dir = tempfile::tempdir()?;
+    let store = ImageStore::open(dir.path())?;
+    let err = store
+        .pull(
+            &format!("{}/huge:v1", front.host()),
+            &RegistryAuth::Anonymous,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ImageErrorKind::TooLarge, "{err}");
+    assert!(err.to_string().contains("MAX_MANIFEST_BYTES"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("blobs/sha256"))?.count(),
+        0
+    );
+    // Reading stopped at the bound: what the front managed to send is the bound plus what the
+    // sockets buffer, far from the whole.
+    let sent = front.manifest_bytes_sent();
+    assert!(sent < HUGE / 2, "{sent} of {HUGE} bytes were sent");
+    Ok(())
+}

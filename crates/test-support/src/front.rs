@@ -11,11 +11,15 @@
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{Either, Full};
+use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -75,6 +79,8 @@ struct State {
     files: Mutex<HashMap<String, Bytes>>,
     /// `name:reference` → (media type, bytes), served instead of the registry's.
     manifests: Mutex<HashMap<String, (String, Bytes)>>,
+    /// Bytes of served manifests handed to connections.
+    manifest_bytes_sent: Arc<AtomicU64>,
     seen: Mutex<Vec<Seen>>,
     client: reqwest::Client,
 }
@@ -105,6 +111,7 @@ impl Front {
             issued: Mutex::new(0),
             files: Mutex::new(HashMap::new()),
             manifests: Mutex::new(HashMap::new()),
+            manifest_bytes_sent: Arc::new(AtomicU64::new(0)),
             seen: Mutex::new(Vec::new()),
             client: reqwest::Client::builder()
                 .no_proxy()
@@ -145,12 +152,17 @@ impl Front {
 
     /// Serves `bytes` as manifest `repo:reference` (a tag or digest) instead of asking the
     /// registry: for manifests a registry would refuse to store (distribution refuses layer
-    /// `urls` unless configured to allow them).
+    /// `urls` unless configured to allow them). Sent in chunks without a length.
     pub fn serve_manifest(&self, repo: &str, reference: &str, media_type: &str, bytes: Vec<u8>) {
         self.state.manifests.lock().unwrap().insert(
             format!("{repo}:{reference}"),
             (media_type.to_owned(), bytes.into()),
         );
+    }
+
+    /// How many bytes of manifests given to `serve_manifest` were sent (or buffered to send).
+    pub fn manifest_bytes_sent(&self) -> u64 {
+        self.state.manifest_bytes_sent.load(Ordering::Relaxed)
     }
 
     /// How many tokens the realm has issued.
@@ -196,8 +208,36 @@ fn serve(
     })
 }
 
-fn respond(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(body.into()));
+/// A whole body, or a streamed one.
+type Body = Either<Full<Bytes>, Chunked>;
+
+/// A body sent in 64 KiB chunks without a length (chunked encoding), counting what it hands to
+/// the connection: a client that stops reading stops the count.
+pub struct Chunked {
+    bytes: Bytes,
+    sent: Arc<AtomicU64>,
+}
+
+impl hyper::body::Body for Chunked {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.bytes.is_empty() {
+            return Poll::Ready(None);
+        }
+        let n = self.bytes.len().min(64 << 10);
+        let chunk = self.bytes.split_to(n);
+        self.sent.fetch_add(n as u64, Ordering::Relaxed);
+        Poll::Ready(Some(Ok(Frame::data(chunk))))
+    }
+}
+
+fn respond(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Either::Left(Full::new(body.into())));
     *r.status_mut() = status;
     r
 }
@@ -219,7 +259,7 @@ fn split_v2<'a>(path: &'a str, kind: &str) -> Option<(&'a str, &'a str)> {
 }
 
 impl State {
-    async fn handle(&self, which: Listener, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn handle(&self, which: Listener, req: Request<Incoming>) -> Response<Body> {
         let method = req.method().to_string();
         let path = req.uri().path().to_string();
         let authorization = req
@@ -246,7 +286,7 @@ impl State {
         req: &Request<Incoming>,
         path: &str,
         authorization: Option<&str>,
-    ) -> Response<Full<Bytes>> {
+    ) -> Response<Body> {
         if path == "/token" {
             return self.token(authorization);
         }
@@ -279,7 +319,10 @@ impl State {
                 .get(&format!("{name}:{reference}"))
                 .cloned()
         {
-            let mut r = respond(StatusCode::OK, bytes);
+            let mut r = Response::new(Either::Right(Chunked {
+                bytes,
+                sent: self.manifest_bytes_sent.clone(),
+            }));
             r.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 HeaderValue::from_str(&media_type).expect("ASCII"),
@@ -309,7 +352,7 @@ impl State {
         self.forward(req, path).await
     }
 
-    async fn storage(&self, req: &Request<Incoming>, path: &str) -> Response<Full<Bytes>> {
+    async fn storage(&self, req: &Request<Incoming>, path: &str) -> Response<Body> {
         if let Some(name) = path.strip_prefix("/files/") {
             return match self.files.lock().unwrap().get(name) {
                 Some(bytes) => respond(StatusCode::OK, bytes.clone()),
@@ -322,7 +365,7 @@ impl State {
         }
     }
 
-    fn challenge(&self, path: &str) -> Response<Full<Bytes>> {
+    fn challenge(&self, path: &str) -> Response<Body> {
         let mut value = format!("Bearer realm=\"{}\",service=\"{SERVICE}\"", self.realm);
         if let Some((name, _)) = split_v2(path, "manifests").or_else(|| split_v2(path, "blobs")) {
             value.push_str(&format!(",scope=\"repository:{name}:pull\""));
@@ -338,7 +381,7 @@ impl State {
         r
     }
 
-    fn token(&self, authorization: Option<&str>) -> Response<Full<Bytes>> {
+    fn token(&self, authorization: Option<&str>) -> Response<Body> {
         let Some((user, pass)) = &self.options.token_auth else {
             return respond(StatusCode::NOT_FOUND, "no token service");
         };
@@ -359,7 +402,7 @@ impl State {
     }
 
     /// Forwards `path` (with the query) to the backend, tampering on the way back if told to.
-    async fn forward(&self, req: &Request<Incoming>, path: &str) -> Response<Full<Bytes>> {
+    async fn forward(&self, req: &Request<Incoming>, path: &str) -> Response<Body> {
         let query = req
             .uri()
             .query()
