@@ -1,7 +1,7 @@
 //! Registries as they are: credentials from a Docker config.json, plain HTTP only where allowed,
 //! tokens that expire in the middle of a pull, blob redirects to storage, non-distributable
 //! layers with URLs, configs that are not quite conformant, and a tampering man in the middle.
-//! Against the real registry on loopback, with `wharf_test_support::front` in front of it where
+//! Against the real registry on loopback, with `wharf_test_support::staged` in front of it where
 //! a registry's behaviour has to be staged.
 
 mod common;
@@ -13,9 +13,9 @@ use serde_json::json;
 use wharf_image::{
     ImageErrorKind, ImageStore, RegistryAuth, RegistryCredentials, RegistrySettings,
 };
-use wharf_test_support::front::{Front, FrontOptions, Listener};
 use wharf_test_support::oci::{Blob, Entry, Format, ImageBuilder, Layer, Pusher};
 use wharf_test_support::registry::Registry;
+use wharf_test_support::staged::{Front, FrontOptions, Listener};
 
 fn five_layers() -> ImageBuilder {
     let mut image = ImageBuilder::new().cmd(["/bin/app"]);
