@@ -45,17 +45,19 @@ pub enum ImageError {
 
     #[error(
         "registry {registry} refused the credentials for repository {repository} ({status}): \
-         check registry_auth"
+         {check}"
     )]
     Unauthorized {
         registry: String,
         repository: String,
         status: u16,
+        /// Where the credentials came from: "check registry_auth", or the config file's entry.
+        check: String,
     },
 
     #[error(
         "registry {registry} requires credentials for repository {repository} ({status}): \
-         set registry_auth"
+         set registry_auth (or give the daemon a registry config with --registry-config)"
     )]
     CredentialsRequired {
         registry: String,
@@ -89,7 +91,8 @@ pub enum ImageError {
 
     #[error(
         "blob {digest} of image {reference} is corrupt: {reason} (push the image again; if \
-         it persists, the registry's storage is damaged)"
+         it persists, the registry's storage is damaged or something between Wharf and the \
+         registry alters what it sends)"
     )]
     Corrupt {
         reference: String,
@@ -229,6 +232,7 @@ mod tests {
             registry: "127.0.0.1:5000".into(),
             repository: "hello".into(),
             status: 401,
+            check: "check registry_auth".into(),
         };
         assert_eq!(
             e.to_string(),

@@ -18,8 +18,8 @@
 //!   counted as they arrive and the download is abandoned as soon as it runs past the size its
 //!   descriptor declares. Nothing unverified is ever looked at by name. Manifests and configs,
 //!   which are read into memory, are refused above [`MAX_MANIFEST_BYTES`] and
-//!   [`MAX_CONFIG_BYTES`] — configs while streaming, manifests only after oci-client has read
-//!   them whole (it offers no bounded read; a streaming, bounded manifest fetch is to come).
+//!   [`MAX_CONFIG_BYTES`] while streaming (manifests are fetched by our own bounded GET, not
+//!   by oci-client, which would read them whole).
 //!   Digests from manifests become file names only after strict parsing (`sha256:` and 64
 //!   lower-case hex digits), so `sha256:../../x` never reaches the file system.
 //! - *Everything is written to `tmp/` and renamed into place.* A blob or layer is visible under
@@ -42,7 +42,12 @@
 //! **The registry client is `oci-client`**, which handles the distribution API and the
 //! `WWW-Authenticate` dance (anonymous, basic, bearer tokens). Platform selection, manifest
 //! parsing (lenient, OCI and Docker v2 alike), verification and error wording are ours. Plain
-//! HTTP is used only for registries on loopback addresses.
+//! HTTP is used only for registries on loopback addresses and those listed as insecure
+//! ([`RegistrySettings`]); credentials come from the function (`registry_auth`), else from a
+//! Docker `config.json` ([`RegistryCredentials`]). Blob redirects (to S3 and the like) are
+//! followed by reqwest, which drops the `Authorization` header when the host, port or scheme
+//! changes; non-distributable layers are fetched from their `urls` (never with credentials)
+//! when the registry does not have them.
 //!
 //! **Image archives** (`oci-archive:`, `oci:`, `docker-archive:`; parsed by [`ImageSource`]) go
 //! through the same checks without a registry: members are read only by the names the layout
@@ -53,6 +58,7 @@
 //! which need root and a local registry.
 
 mod blobs;
+mod credentials;
 mod digest;
 mod error;
 mod layer_fs;
@@ -68,6 +74,10 @@ mod unpack;
 
 use serde::{Deserialize, Serialize};
 
+pub use credentials::{
+    LoadReport, MAX_REGISTRY_CONFIG_BYTES, RegistryConfigError, RegistryCredentials,
+    RegistrySettings,
+};
 pub use digest::Digest;
 pub use error::{ImageError, ImageErrorKind};
 pub use platform::{TARGET_ARCHITECTURE, TARGET_OS};

@@ -27,6 +27,13 @@ pub const ACCEPTED_MANIFEST_TYPES: &[&str] = &[
     DOCKER_MANIFEST,
 ];
 
+/// Whether a layer media type is non-distributable (Docker: foreign): its blob may live only
+/// at the descriptor's `urls`, not at the registry.
+pub fn is_non_distributable(media_type: &str) -> bool {
+    media_type.starts_with("application/vnd.oci.image.layer.nondistributable.")
+        || media_type.starts_with("application/vnd.docker.image.rootfs.foreign.")
+}
+
 /// How a layer blob is compressed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Compression {
@@ -60,6 +67,9 @@ pub struct Descriptor {
     pub size: i64,
     #[serde(default)]
     pub platform: Option<Platform>,
+    /// Where else the blob may be fetched (non-distributable and foreign layers).
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub urls: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -172,37 +182,33 @@ pub enum ParseError {
 }
 
 /// The parts of an image config (`application/vnd.oci.image.config.v1+json`) the store reads.
-#[derive(Debug, Default, Deserialize)]
+///
+/// Parsed by hand from a JSON value rather than derived, because configs in the wild are not
+/// all conformant: `"Env": null`, `"Cmd": "string"`, numbers where strings belong, missing
+/// objects. What Wharf only passes on (entrypoint, cmd, env, working dir, user, platform) is
+/// taken when it has a usable shape and otherwise left empty; only `rootfs.diff_ids`, which the
+/// layers are verified against, must be right. The raw JSON stays in the blob store as it came.
+#[derive(Debug, Default)]
 pub struct ConfigFile {
-    #[serde(default, deserialize_with = "null_as_default")]
     pub architecture: String,
-    #[serde(default, deserialize_with = "null_as_default")]
     pub os: String,
-    #[serde(default, deserialize_with = "null_as_default")]
     pub config: RunConfig,
-    #[serde(default, deserialize_with = "null_as_default")]
     pub rootfs: RootFs,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "PascalCase")]
+#[derive(Debug, Default)]
 pub struct RunConfig {
-    #[serde(default, deserialize_with = "null_as_default")]
     pub entrypoint: Vec<String>,
-    #[serde(default, deserialize_with = "null_as_default")]
     pub cmd: Vec<String>,
-    #[serde(default, deserialize_with = "null_as_default")]
     pub env: Vec<String>,
-    #[serde(default, deserialize_with = "null_as_default")]
     pub working_dir: String,
-    #[serde(default, deserialize_with = "null_as_default")]
     pub user: String,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default)]
 pub struct RootFs {
-    #[serde(default, deserialize_with = "null_as_default")]
-    pub diff_ids: Vec<String>,
+    /// `None` when the config has none (an error if the manifest has layers).
+    pub diff_ids: Option<Vec<String>>,
 }
 
 fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
@@ -213,9 +219,80 @@ where
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "a list",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// A string, or empty when the value is missing, null or not a string.
+fn lenient_string(v: Option<&serde_json::Value>) -> String {
+    match v {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Number(n)) => n.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// A list of strings: `["a","b"]`; `"a b"` (one string) becomes `["a b"]`; null, missing or
+/// another shape is empty; non-string items are dropped.
+fn lenient_strings(v: Option<&serde_json::Value>) -> Vec<String> {
+    match v {
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .filter_map(|i| i.as_str().map(str::to_owned))
+            .collect(),
+        Some(serde_json::Value::String(s)) if !s.is_empty() => vec![s.clone()],
+        _ => Vec::new(),
+    }
+}
+
 impl ConfigFile {
+    /// Parses a config; the error is the reason it cannot be used.
     pub fn parse(bytes: &[u8]) -> Result<ConfigFile, String> {
-        serde_json::from_slice(bytes).map_err(|e| e.to_string())
+        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        let top = value
+            .as_object()
+            .ok_or("it is not a JSON object".to_owned())?;
+        let run = top.get("config").and_then(|c| c.as_object());
+        let field = |name: &str| run.and_then(|r| r.get(name));
+        let diff_ids = match top.get("rootfs").and_then(|r| r.get("diff_ids")) {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::Array(items)) => Some(
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, item)| {
+                        item.as_str().map(str::to_owned).ok_or_else(|| {
+                            format!("rootfs.diff_ids[{i}] is not a string (it is {item})")
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+            Some(other) => {
+                return Err(format!(
+                    "rootfs.diff_ids is not a list of digests (it is {})",
+                    json_kind(other)
+                ));
+            }
+        };
+        Ok(ConfigFile {
+            architecture: lenient_string(top.get("architecture")),
+            os: lenient_string(top.get("os")),
+            config: RunConfig {
+                entrypoint: lenient_strings(field("Entrypoint")),
+                cmd: lenient_strings(field("Cmd")),
+                env: lenient_strings(field("Env")),
+                working_dir: lenient_string(field("WorkingDir")),
+                user: lenient_string(field("User")),
+            },
+            rootfs: RootFs { diff_ids },
+        })
     }
 
     pub fn image_config(&self) -> ImageConfig {
@@ -279,9 +356,51 @@ mod tests {
                 user: Some("1003:1003".into()),
             }
         );
-        assert_eq!(c.rootfs.diff_ids, vec!["sha256:aa".to_string()]);
+        assert_eq!(c.rootfs.diff_ids, Some(vec!["sha256:aa".to_string()]));
         let bare = ConfigFile::parse(br#"{"config":null}"#).unwrap();
         assert_eq!(bare.image_config(), ImageConfig::default());
+        assert_eq!(bare.rootfs.diff_ids, None);
+    }
+
+    #[test]
+    fn config_that_is_not_conformant_is_taken_for_what_it_has() {
+        let raw = br#"{"architecture":"amd64","os":"linux","config":{"Env":null,
+            "Cmd":"/serve --port 9000","Entrypoint":{"odd":1},"User":1003,"WorkingDir":null,
+            "Healthcheck":{"Test":["NONE"]},"X-Unknown":[1,2]},
+            "rootfs":{"diff_ids":["sha256:aa"]},"history":"not a list"}"#;
+        let c = ConfigFile::parse(raw).unwrap();
+        assert_eq!(
+            c.image_config(),
+            ImageConfig {
+                entrypoint: vec![],
+                cmd: vec!["/serve --port 9000".into()],
+                env: vec![],
+                working_dir: None,
+                user: Some("1003".into()),
+            }
+        );
+        let no_config = ConfigFile::parse(br#"{"rootfs":{"diff_ids":[]},"config":"x"}"#).unwrap();
+        assert_eq!(no_config.image_config(), ImageConfig::default());
+        assert_eq!(no_config.rootfs.diff_ids, Some(vec![]));
+    }
+
+    #[test]
+    fn config_fails_only_on_what_wharf_needs() {
+        for (raw, needle) in [
+            (
+                &br#"{"rootfs":{"diff_ids":"sha256:aa"}}"#[..],
+                "rootfs.diff_ids is not a list",
+            ),
+            (
+                br#"{"rootfs":{"diff_ids":["sha256:aa",7]}}"#,
+                "rootfs.diff_ids[1]",
+            ),
+            (br#"[1]"#, "not a JSON object"),
+            (br#"{"#, "EOF"),
+        ] {
+            let err = ConfigFile::parse(raw).unwrap_err();
+            assert!(err.contains(needle), "{err:?} lacks {needle:?}");
+        }
     }
 
     #[test]

@@ -65,6 +65,7 @@ mod tests {
                 architecture: arch.into(),
                 variant: variant.map(Into::into),
             }),
+            urls: vec![],
         }
     }
 

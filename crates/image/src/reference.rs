@@ -4,7 +4,7 @@
 //! what is wrong with it, and so that the rules that matter to us are explicit: which first
 //! component is a registry (it has a `.` or a `:`, or is `localhost`), `docker.io` and its
 //! `library/` prefix, `latest` as the default tag, and which registries are spoken to in plain
-//! HTTP (loopback only).
+//! HTTP (loopback ones, and those the daemon lists as insecure: `RegistrySettings`).
 
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
@@ -90,8 +90,8 @@ impl ImageReference {
         format!("{}/{}@{digest}", self.registry, self.repository)
     }
 
-    /// Whether the registry is on this machine (127.0.0.0/8, ::1, localhost): the only registries
-    /// spoken to in plain HTTP.
+    /// Whether the registry is on this machine (127.0.0.0/8, ::1, localhost): spoken to in plain
+    /// HTTP without being listed as insecure.
     pub fn is_loopback_registry(&self) -> bool {
         is_loopback_host(&self.registry)
     }
@@ -137,7 +137,7 @@ fn looks_like_registry(first: &str) -> bool {
     first.contains(['.', ':']) || first == "localhost" || first.chars().any(|c| c.is_uppercase())
 }
 
-fn validate_registry(registry: &str) -> Result<(), String> {
+pub(crate) fn validate_registry(registry: &str) -> Result<(), String> {
     let (host, port) = split_host_port(registry)
         .ok_or_else(|| format!("registry {registry:?} is not host[:port]"))?;
     if let Some(port) = port {

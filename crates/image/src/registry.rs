@@ -1,10 +1,18 @@
 //! The registry client: `oci-client` for the HTTP and the `WWW-Authenticate` dance, with our own
 //! error mapping, re-authentication on 401/403, and a bound on manifest sizes.
 //!
-//! `oci-client` verifies manifest digests against the reference and streams blobs; it does not
-//! bound what it reads (a manifest is read whole), so we check sizes ourselves, and we verify blob
-//! digests and sizes again while streaming (see `blobs`), because a blob is written to disk before
-//! `oci-client`'s own check would fire at the end of the stream.
+//! Redirects (registries answer blob GETs with 307 to S3 and the like) are followed by reqwest's
+//! default policy, which drops `Authorization` whenever the host, port or scheme changes, so the
+//! registry's token never reaches the storage host. Layers that carry `urls` (non-distributable
+//! and foreign layers) are tried at the registry first, then at each http(s) URL, without
+//! credentials (oci-client's rule, after CVE-2020-15157); the bytes are verified by digest like
+//! any blob.
+//!
+//! Manifests are fetched by us (oci-client reads a manifest whole before anyone can check its
+//! size): a plain GET with the token oci-client's `auth` obtained, read at most
+//! [`MAX_MANIFEST_BYTES`], refused at once when `Content-Length` says more. `oci-client` streams
+//! blobs; we verify their digests and sizes again while streaming (see `blobs`), because a blob
+//! is written to disk before `oci-client`'s own check would fire at the end of the stream.
 
 use std::error::Error as _;
 use std::time::Duration;
@@ -17,6 +25,7 @@ use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth as OciAuth;
 
 use crate::RegistryAuth;
+use crate::credentials::RegistrySettings;
 use crate::digest::Digest;
 use crate::error::{ImageError, human_bytes};
 use crate::manifest::ACCEPTED_MANIFEST_TYPES;
@@ -38,20 +47,59 @@ pub(crate) enum Fetch<'a> {
     Blob(&'a str),
 }
 
+/// How our own manifest requests authenticate: not at all until the registry answers 401/403
+/// (credentials are never volunteered), then with the token its challenge led to, or with the
+/// basic credentials when it asked for no token.
+#[derive(Clone, Debug)]
+enum ManifestAuth {
+    None,
+    Bearer(String),
+    Basic,
+}
+
+/// Most bytes of an error answer read (for its message).
+const MAX_ERROR_BODY_BYTES: usize = 64 << 10;
+
+/// How many times one request is retried with a fresh token after 401/403: a token can run out
+/// again before the retry reaches the registry when other layers share it.
+const MAX_REAUTH_ATTEMPTS: usize = 3;
+
 /// A client for one repository of one registry, with one set of credentials.
 pub(crate) struct RegistryClient {
     client: Client,
     auth: OciAuth,
+    /// What to check when the credentials are refused (their source).
+    check: String,
+    /// For manifests, which we fetch ourselves to bound what is read.
+    http: reqwest::Client,
+    /// How manifest requests authenticate, once the registry has asked.
+    manifest_auth: std::sync::Mutex<ManifestAuth>,
+    /// Whether plain HTTP is used (loopback or listed as insecure).
+    plain_http: bool,
     reference: ImageReference,
     oci_ref: oci_client::Reference,
+}
+
+/// A blob to fetch: its digest, and where else it may be found (`urls` of non-distributable
+/// layers).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BlobSource<'a> {
+    pub(crate) digest: &'a Digest,
+    pub(crate) size: u64,
+    pub(crate) media_type: &'a str,
+    pub(crate) urls: &'a [String],
 }
 
 impl RegistryClient {
     pub(crate) fn new(
         reference: &ImageReference,
         auth: &RegistryAuth,
+        settings: &RegistrySettings,
     ) -> Result<RegistryClient, ImageError> {
-        let protocol = if reference.is_loopback_registry() {
+        let plain_http =
+            reference.is_loopback_registry() || settings.is_insecure(&reference.registry);
+        let (auth, check) = settings.auth_for(&reference.registry, auth);
+        let protocol = if plain_http {
             ClientProtocol::HttpsExcept(vec![reference.registry.clone()])
         } else {
             ClientProtocol::Https
@@ -64,21 +112,30 @@ impl RegistryClient {
             user_agent: USER_AGENT,
             ..ClientConfig::default()
         };
-        let client = Client::try_from(config).map_err(|e| ImageError::Registry {
+        let setup_error = |detail: String| ImageError::Registry {
             registry: reference.registry.clone(),
             reference: reference.to_string(),
             what: "the client set-up".into(),
-            detail: e.to_string(),
-        })?;
+            detail,
+        };
+        let client = Client::try_from(config).map_err(|e| setup_error(e.to_string()))?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_TIMEOUT)
+            .user_agent(USER_AGENT)
+            .build()
+            .map_err(|e| setup_error(e.to_string()))?;
         let auth = match auth {
             RegistryAuth::Anonymous => OciAuth::Anonymous,
-            RegistryAuth::Basic { username, password } => {
-                OciAuth::Basic(username.clone(), password.clone())
-            }
+            RegistryAuth::Basic { username, password } => OciAuth::Basic(username, password),
         };
         Ok(RegistryClient {
             client,
             auth,
+            check,
+            http,
+            manifest_auth: std::sync::Mutex::new(ManifestAuth::None),
+            plain_http,
             oci_ref: reference.to_oci(),
             reference: reference.clone(),
         })
@@ -94,16 +151,7 @@ impl RegistryClient {
             Some(d) => self.oci_ref.clone_with_digest(d.to_string()),
             None => self.oci_ref.clone(),
         };
-        let (bytes, _) = self
-            .with_reauth(|| {
-                self.client
-                    .pull_manifest_raw(&target, &self.auth, ACCEPTED_MANIFEST_TYPES)
-            })
-            .await
-            .map_err(|e| self.map_error(e, Fetch::Manifest))?;
-        if bytes.len() as u64 > MAX_MANIFEST_BYTES {
-            return Err(manifest_too_large(&self.reference));
-        }
+        let bytes = self.manifest_bounded(&target).await?;
         let actual = Digest::of(&bytes);
         let expected = digest.or(self.reference.digest.as_ref());
         if let Some(expected) = expected.filter(|e| **e != actual) {
@@ -116,34 +164,162 @@ impl RegistryClient {
         Ok((bytes, actual))
     }
 
-    /// Starts streaming a blob. The stream is verified by `blobs::BlobStore::write_stream`.
-    pub(crate) async fn blob(&self, digest: &Digest) -> Result<SizedStream, ImageError> {
-        self.with_reauth(|| self.client.pull_blob_stream(&self.oci_ref, digest.as_str()))
-            .await
-            .map_err(|e| self.map_error(e, Fetch::Blob(digest.as_str())))
+    /// GETs a manifest ourselves, so that at most [`MAX_MANIFEST_BYTES`] are ever read
+    /// (oci-client reads a manifest whole before anyone can look at its size). Tokens come from
+    /// oci-client's `auth` (the `WWW-Authenticate` dance), which also caches them for the blob
+    /// requests; basic credentials are sent as they are when the registry asks for no token.
+    async fn manifest_bounded(&self, target: &oci_client::Reference) -> Result<Bytes, ImageError> {
+        use futures::StreamExt as _;
+        let map = |e: OciDistributionError| self.map_error(e, Fetch::Manifest);
+        let url = format!(
+            "{scheme}://{host}/v2/{repository}/manifests/{reference}",
+            scheme = if self.plain_http { "http" } else { "https" },
+            host = target.resolve_registry(),
+            repository = target.repository(),
+            reference = target
+                .digest()
+                .or(target.tag())
+                .unwrap_or(crate::reference::DEFAULT_TAG),
+        );
+        let mut attempts = 0;
+        let response = loop {
+            let how = self
+                .manifest_auth
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            let request = self
+                .http
+                .get(&url)
+                .header(reqwest::header::ACCEPT, ACCEPTED_MANIFEST_TYPES.join(", "));
+            let request = match (how, &self.auth) {
+                (ManifestAuth::Bearer(token), _) => request.bearer_auth(token),
+                (ManifestAuth::Basic, OciAuth::Basic(user, pass)) => {
+                    request.basic_auth(user, Some(pass))
+                }
+                _ => request,
+            };
+            let response = request.send().await.map_err(|e| map(e.into()))?;
+            let status = response.status().as_u16();
+            if (status == 401 || status == 403) && attempts < MAX_REAUTH_ATTEMPTS {
+                attempts += 1;
+                tracing::debug!(
+                    registry = %self.reference.registry,
+                    status,
+                    attempt = attempts,
+                    "authenticating for a manifest"
+                );
+                let how = match self
+                    .client
+                    .auth(target, &self.auth, RegistryOperation::Pull)
+                    .await
+                    .map_err(map)?
+                {
+                    Some(token) => ManifestAuth::Bearer(token),
+                    None if matches!(self.auth, OciAuth::Basic(..)) => ManifestAuth::Basic,
+                    // Nothing to authenticate with: the answer stands.
+                    None => break response,
+                };
+                *self.manifest_auth.lock().unwrap_or_else(|p| p.into_inner()) = how;
+                continue;
+            }
+            break response;
+        };
+        let status = response.status();
+        if !status.is_success() {
+            let mut body = Vec::new();
+            let mut stream = response.bytes_stream();
+            while let Some(chunk) = stream.next().await {
+                let Ok(chunk) = chunk else { break };
+                body.extend_from_slice(&chunk);
+                if body.len() > MAX_ERROR_BODY_BYTES {
+                    body.truncate(MAX_ERROR_BODY_BYTES);
+                    break;
+                }
+            }
+            return Err(map(status_error(status.as_u16(), &body, &url)));
+        }
+        if response
+            .content_length()
+            .is_some_and(|n| n > MAX_MANIFEST_BYTES)
+        {
+            return Err(manifest_too_large(&self.reference));
+        }
+        let mut bytes = Vec::new();
+        let mut stream = response.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| map(e.into()))?;
+            if (bytes.len() + chunk.len()) as u64 > MAX_MANIFEST_BYTES {
+                return Err(manifest_too_large(&self.reference));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(Bytes::from(bytes))
     }
 
-    /// Runs `op`; if the registry answers 401 or 403 (an expired or missing token), fetches a new
-    /// token and runs it once more.
+    /// Starts streaming a blob: from the registry, else (for a layer with `urls`) from the first
+    /// URL that serves it. The stream is verified by `blobs::BlobStore::write_stream`.
+    pub(crate) async fn blob(&self, blob: BlobSource<'_>) -> Result<SizedStream, ImageError> {
+        let urls: Vec<String> = blob
+            .urls
+            .iter()
+            .filter(|u| u.starts_with("http://") || u.starts_with("https://"))
+            .cloned()
+            .collect();
+        if urls.len() < blob.urls.len() {
+            tracing::warn!(
+                blob = %blob.digest,
+                "ignoring layer URLs that are not http or https"
+            );
+        }
+        let descriptor = oci_client::manifest::OciDescriptor {
+            media_type: blob.media_type.to_owned(),
+            digest: blob.digest.to_string(),
+            size: i64::try_from(blob.size).unwrap_or(i64::MAX),
+            urls: (!urls.is_empty()).then_some(urls),
+            ..Default::default()
+        };
+        self.with_reauth(|| self.client.pull_blob_stream(&self.oci_ref, &descriptor))
+            .await
+            .map_err(|e| self.map_error(e, Fetch::Blob(blob.digest.as_str())))
+    }
+
+    /// Runs `op`; while the registry answers 401 or 403 (an expired or missing token), fetches a
+    /// new token and runs it again, up to [`MAX_REAUTH_ATTEMPTS`] times.
     async fn with_reauth<T, F, Fut>(&self, op: F) -> Result<T, OciDistributionError>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, OciDistributionError>>,
     {
-        match op().await {
-            Err(e) if auth_status(&e).is_some() => {
-                tracing::debug!(registry = %self.reference.registry, error = %e, "re-authenticating");
-                self.client
-                    .auth(&self.oci_ref, &self.auth, RegistryOperation::Pull)
-                    .await?;
-                op().await
+        let mut attempts = 0;
+        loop {
+            match op().await {
+                Err(e) if auth_status(&e).is_some() && attempts < MAX_REAUTH_ATTEMPTS => {
+                    attempts += 1;
+                    tracing::debug!(
+                        registry = %self.reference.registry,
+                        status = auth_status(&e),
+                        attempt = attempts,
+                        "re-authenticating"
+                    );
+                    self.client
+                        .auth(&self.oci_ref, &self.auth, RegistryOperation::Pull)
+                        .await?;
+                }
+                result => return result,
             }
-            result => result,
         }
     }
 
     pub(crate) fn map_error(&self, err: OciDistributionError, fetch: Fetch<'_>) -> ImageError {
-        map_error(&self.reference, &self.auth, err, fetch)
+        map_error(
+            &self.reference,
+            &self.auth,
+            &self.check,
+            self.plain_http,
+            err,
+            fetch,
+        )
     }
 }
 
@@ -154,6 +330,27 @@ pub(crate) fn manifest_too_large(r: &ImageReference) -> ImageError {
         limit: human_bytes(MAX_MANIFEST_BYTES),
         constant: "MAX_MANIFEST_BYTES",
         hint: "this is not a normal image manifest",
+    }
+}
+
+/// The error an unsuccessful answer stands for, as oci-client words it (so `map_error` treats
+/// manifests and blobs alike): 401, an OCI error envelope, or the status and body.
+fn status_error(code: u16, body: &[u8], url: &str) -> OciDistributionError {
+    if code == 401 {
+        return OciDistributionError::UnauthorizedError { url: url.into() };
+    }
+    if (400..500).contains(&code)
+        && let Ok(envelope) = serde_json::from_slice::<oci_client::errors::OciEnvelope>(body)
+    {
+        return OciDistributionError::RegistryError {
+            envelope,
+            url: url.into(),
+        };
+    }
+    OciDistributionError::ServerError {
+        code,
+        url: url.into(),
+        message: String::from_utf8_lossy(body).into_owned(),
     }
 }
 
@@ -179,6 +376,8 @@ fn auth_status(err: &OciDistributionError) -> Option<u16> {
 fn map_error(
     reference: &ImageReference,
     auth: &OciAuth,
+    check: &str,
+    plain_http: bool,
     err: OciDistributionError,
     fetch: Fetch<'_>,
 ) -> ImageError {
@@ -206,6 +405,7 @@ fn map_error(
                 registry,
                 repository,
                 status,
+                check: check.to_owned(),
             },
         };
     }
@@ -214,6 +414,11 @@ fn map_error(
         Fetch::Blob(d) => format!("blob {d}"),
     };
     let detail = match err {
+        OciDistributionError::RequestError(e) if !plain_http && is_tls_error(&e) => format!(
+            "the TLS handshake failed ({}); if {registry} serves plain HTTP, start wharf serve \
+             with --insecure-registry {registry}",
+            transport_reason(&e)
+        ),
         OciDistributionError::RequestError(e) if e.is_connect() || e.is_timeout() => {
             return ImageError::Unreachable {
                 registry,
@@ -260,7 +465,10 @@ fn map_error(
                         .as_ref()
                         .map_or_else(|| "(manifest)".to_owned(), ToString::to_string),
                 },
-                reason: e.to_string(),
+                reason: match fetch {
+                    Fetch::Blob(_) => e.to_string(),
+                    Fetch::Manifest => format!("the manifest sent does not match it ({e})"),
+                },
             };
         }
         other => other.to_string(),
@@ -271,6 +479,29 @@ fn map_error(
         what,
         detail,
     }
+}
+
+/// Whether a transport error is a TLS failure (a plain-HTTP server answers a TLS hello with
+/// bytes rustls calls a corrupt message).
+fn is_tls_error(err: &reqwest::Error) -> bool {
+    fn is_tls(e: &(dyn std::error::Error + 'static)) -> bool {
+        if e.is::<rustls::Error>() {
+            return true;
+        }
+        // io::Error's `source` skips the error it wraps (often another io::Error around the
+        // rustls error): look inside.
+        e.downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+            .is_some_and(|inner| is_tls(inner))
+    }
+    let mut source = err.source();
+    while let Some(s) = source {
+        if is_tls(s) {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// The innermost cause of a transport error, worded for people (`connection refused`).
@@ -323,6 +554,8 @@ mod tests {
             let e = map_error(
                 &reference(),
                 &OciAuth::Anonymous,
+                "check registry_auth",
+                true,
                 envelope(code),
                 Fetch::Manifest,
             );
@@ -331,6 +564,8 @@ mod tests {
         let e = map_error(
             &reference(),
             &OciAuth::Anonymous,
+            "check registry_auth",
+            true,
             envelope(OciErrorCode::BlobUnknown),
             Fetch::Blob("sha256:x"),
         );
@@ -343,12 +578,21 @@ mod tests {
         let e = map_error(
             &reference(),
             &OciAuth::Anonymous,
+            "check registry_auth",
+            true,
             unauthorized(),
             Fetch::Manifest,
         );
         assert!(e.to_string().contains("requires credentials"), "{e}");
         let basic = OciAuth::Basic("u".into(), "p".into());
-        let e = map_error(&reference(), &basic, unauthorized(), Fetch::Manifest);
+        let e = map_error(
+            &reference(),
+            &basic,
+            "check registry_auth",
+            true,
+            unauthorized(),
+            Fetch::Manifest,
+        );
         assert_eq!(
             e.to_string(),
             "registry 127.0.0.1:5000 refused the credentials for repository hello (401): check \
@@ -357,6 +601,8 @@ mod tests {
         let e = map_error(
             &reference(),
             &basic,
+            "check registry_auth",
+            true,
             envelope(OciErrorCode::Denied),
             Fetch::Manifest,
         );

@@ -32,7 +32,7 @@ impl ImageStore {
                 reference: reference.to_owned(),
                 reason,
             })?;
-        let client = RegistryClient::new(&r, auth)?;
+        let client = RegistryClient::new(&r, auth, self.registries())?;
         let (bytes, digest) = client.manifest(None).await?;
         if let Document::Index(index) = parse_document(&r, &digest, &bytes)? {
             select_platform(&index).map_err(|available| ImageError::NoPlatform {

@@ -21,11 +21,11 @@ use crate::manifest::{
 use crate::platform::{TARGET_ARCHITECTURE, TARGET_OS, select_platform};
 use crate::progress::{LayerInfo, PullEvent, PullOptions};
 use crate::reference::ImageReference;
-use crate::registry::{MAX_MANIFEST_BYTES, RegistryClient, manifest_too_large};
+use crate::registry::{BlobSource, MAX_MANIFEST_BYTES, RegistryClient, manifest_too_large};
 use crate::unpack::{
     ImageBudget, MAX_IMAGE_UNPACKED_BYTES, UnpackError, UnpackLimits, unpack_layer,
 };
-use crate::{Image, RegistryAuth, install_crypto_provider};
+use crate::{Image, RegistryAuth, RegistrySettings, install_crypto_provider};
 
 mod archive;
 
@@ -43,6 +43,7 @@ pub const MAX_CONCURRENT_LAYER_PULLS: usize = 3;
 #[derive(Clone, Debug)]
 pub struct ImageStore {
     inner: Arc<Inner>,
+    registries: Arc<RegistrySettings>,
 }
 
 #[derive(Debug)]
@@ -64,6 +65,9 @@ struct Inner {
 struct LayerJob {
     digest: Digest,
     size: u64,
+    media_type: String,
+    /// Other places to fetch it from (non-distributable layers only).
+    urls: Vec<String>,
     compression: Compression,
     diff_id: Digest,
 }
@@ -108,6 +112,7 @@ impl ImageStore {
                 locks: KeyedLocks::default(),
                 gc: gc::Gc::default(),
             }),
+            registries: Arc::default(),
         })
     }
 
@@ -119,6 +124,17 @@ impl ImageStore {
 
     pub fn max_image_bytes(&self) -> u64 {
         self.inner.max_image_bytes.load(Ordering::Relaxed)
+    }
+
+    /// This store with registry credentials and insecure registries (the daemon's settings).
+    pub fn with_registries(mut self, settings: RegistrySettings) -> ImageStore {
+        self.registries = Arc::new(settings);
+        self
+    }
+
+    /// Registry credentials and insecure registries ([`ImageStore::with_registries`]).
+    pub(crate) fn registries(&self) -> &RegistrySettings {
+        &self.registries
     }
 
     /// The store's root directory (absolute).
@@ -169,7 +185,7 @@ impl ImageStore {
                 reference: reference.to_owned(),
                 reason,
             })?;
-        let client = RegistryClient::new(&r, auth)?;
+        let client = RegistryClient::new(&r, auth, &self.registries)?;
         let (top_bytes, top_digest) = client.manifest(None).await?;
         let mut manifests = vec![(top_digest.clone(), top_bytes.clone())];
         let manifest = match parse_document(&r, &top_digest, &top_bytes)? {
@@ -307,8 +323,9 @@ impl ImageStore {
             return Ok(None);
         };
         let config = parse_config(&r, &config_digest, &config_bytes)?;
-        let mut layers = Vec::with_capacity(config.rootfs.diff_ids.len());
-        for diff_id in &config.rootfs.diff_ids {
+        let diff_ids = config.rootfs.diff_ids.as_deref().unwrap_or_default();
+        let mut layers = Vec::with_capacity(diff_ids.len());
+        for diff_id in diff_ids {
             let diff_id = parse_digest(&r, "config", &config_digest, diff_id)?;
             let dir = self.layer_dir(&diff_id);
             if !dir.is_dir() {
@@ -361,15 +378,15 @@ impl ImageStore {
                 hint: "this is not a normal image config",
             });
         }
+        let source = BlobSource {
+            digest: &config_digest,
+            size: config_size,
+            media_type: &manifest.config.media_type,
+            urls: &[],
+        };
         // No progress events: they are about layers.
-        self.fetch_blob(
-            client,
-            r,
-            &config_digest,
-            config_size,
-            &PullOptions::default(),
-        )
-        .await?;
+        self.fetch_blob(client, r, source, &PullOptions::default())
+            .await?;
         let bytes = self
             .read_blob(&config_digest, MAX_CONFIG_BYTES)?
             .ok_or_else(|| {
@@ -398,20 +415,34 @@ impl ImageStore {
                 hint: "squash some layers",
             });
         }
-        if manifest.layers.len() != config.rootfs.diff_ids.len() {
+        let diff_ids = match &config.rootfs.diff_ids {
+            Some(ids) => ids.as_slice(),
+            None if manifest.layers.is_empty() => &[],
+            None => {
+                return Err(ImageError::Malformed {
+                    reference: r.to_string(),
+                    what: "config",
+                    digest: config_digest.to_string(),
+                    reason: "it has no rootfs.diff_ids, which Wharf needs to verify the unpacked \
+                             layers (rebuild the image with a current build tool)"
+                        .into(),
+                });
+            }
+        };
+        if manifest.layers.len() != diff_ids.len() {
             return Err(ImageError::Malformed {
                 reference: r.to_string(),
                 what: "config",
                 digest: config_digest.to_string(),
                 reason: format!(
                     "it lists {} diff ids, the manifest {} layers",
-                    config.rootfs.diff_ids.len(),
+                    diff_ids.len(),
                     manifest.layers.len()
                 ),
             });
         }
         let mut jobs = Vec::with_capacity(manifest.layers.len());
-        for (layer, diff_id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
+        for (layer, diff_id) in manifest.layers.iter().zip(diff_ids) {
             let digest = parse_digest(r, "manifest", manifest_digest, &layer.digest)?;
             let size = descriptor_size(r, "manifest", manifest_digest, layer.size)?;
             let compression = manifest::layer_compression(&layer.media_type).ok_or_else(|| {
@@ -428,9 +459,16 @@ impl ImageStore {
                 return Err(layer_too_large(&digest, &self.inner.limits));
             }
             let diff_id = parse_digest(r, "config", &config_digest, diff_id)?;
+            let urls = if manifest::is_non_distributable(&layer.media_type) {
+                layer.urls.clone()
+            } else {
+                Vec::new()
+            };
             jobs.push(LayerJob {
                 digest,
                 size,
+                media_type: layer.media_type.clone(),
+                urls,
                 compression,
                 diff_id,
             });
@@ -443,10 +481,10 @@ impl ImageStore {
         &self,
         client: &RegistryClient,
         r: &ImageReference,
-        digest: &Digest,
-        size: u64,
+        source: BlobSource<'_>,
         options: &PullOptions,
     ) -> Result<u64, ImageError> {
+        let (digest, size) = (source.digest, source.size);
         let blobs = &self.inner.blobs;
         if blobs.contains(digest) {
             return Ok(0);
@@ -455,7 +493,7 @@ impl ImageStore {
         if blobs.contains(digest) {
             return Ok(0);
         }
-        let stream = client.blob(digest).await?;
+        let stream = client.blob(source).await?;
         let mut progress = options.download(digest, size);
         let stream = stream.inspect(move |chunk| {
             if let Ok(chunk) = chunk {
@@ -499,9 +537,13 @@ impl ImageStore {
             return Ok(dest);
         }
         let started = Instant::now();
-        let downloaded = self
-            .fetch_blob(client, r, &job.digest, job.size, options)
-            .await?;
+        let source = BlobSource {
+            digest: &job.digest,
+            size: job.size,
+            media_type: &job.media_type,
+            urls: &job.urls,
+        };
+        let downloaded = self.fetch_blob(client, r, source, options).await?;
         let download_time = started.elapsed();
         options.emit(|| PullEvent::Unpacking {
             layer: job.digest.to_string(),

@@ -4,6 +4,9 @@
 //! - [`oci`]: building OCI / Docker images in memory and pushing them to a registry.
 //! - [`front`]: a loopback front for a registry that counts requests and throttles blobs.
 //! - [`token_auth`]: a registry behind the bearer-token dance (challenge, realm, token).
+//! - [`staged`]: a loopback front for a registry that stages what registries out there do:
+//!   short-lived tokens, redirects to blob storage, hidden blobs, tampered bytes, and a record
+//!   of what each request carried.
 //! - [`testfn`]: the test function (`wharf-testfn`) packed as an image.
 //! - [`daemon`]: a real `wharf serve` with its own data directory, stopped on drop, and the
 //!   check for what it leaves on the host.
@@ -13,6 +16,7 @@ pub mod daemon;
 pub mod front;
 pub mod oci;
 pub mod registry;
+pub mod staged;
 pub mod testfn;
 pub mod token_auth;
 

@@ -135,6 +135,13 @@ pub struct ServeArgs {
     /// larger image is refused while it is unpacked
     #[arg(long, value_name = "SIZE", default_value = "10GiB", value_parser = parse_size)]
     pub max_image_size: u64,
+    /// Registry credentials: a Docker config.json (`auths`) [default: $DOCKER_CONFIG/config.json
+    /// if it exists, else none]. A function's registry_auth wins over it
+    #[arg(long, value_name = "PATH")]
+    pub registry_config: Option<PathBuf>,
+    /// A registry spoken to in plain HTTP (repeatable); loopback registries always are
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    pub insecure_registries: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 use wharf_api::App;
-use wharf_image::ImageStore;
+use wharf_image::{ImageStore, RegistryCredentials, RegistrySettings};
 use wharf_pool::{Pool, PoolConfig};
 use wharf_sandbox::{RuntimePreference, Sandbox, SandboxConfig};
 use wharf_store::{EmbeddedStore, LogStore};
@@ -55,7 +55,7 @@ pub async fn run(global: Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let token = wharf_api::auth::load_or_create_token(&data_dir)?;
     let store = Arc::new(EmbeddedStore::open(&data_dir.join("state.db"))?);
     let logs = Arc::new(LogStore::open(&data_dir.join("logs"))?);
-    let images = ImageStore::open(&data_dir)?;
+    let images = ImageStore::open(&data_dir)?.with_registries(registry_settings(&args)?);
     images.set_max_image_bytes(args.max_image_size);
     let sandbox = Sandbox::new(SandboxConfig {
         state_dir: data_dir.clone(),
@@ -112,6 +112,50 @@ pub async fn run(global: Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
     result?;
     info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The registry credentials (`--registry-config`, else `$DOCKER_CONFIG/config.json`) and the
+/// insecure registries. A file that cannot be read or parsed stops the start-up: pulling
+/// anonymously instead would fail later, far from the cause.
+fn registry_settings(args: &ServeArgs) -> anyhow::Result<RegistrySettings> {
+    let insecure = args
+        .insecure_registries
+        .iter()
+        .map(|value| RegistrySettings::parse_insecure(value))
+        .collect::<Result<Vec<_>, _>>()?;
+    if !insecure.is_empty() {
+        info!(registries = ?insecure, "plain HTTP allowed for these registries (--insecure-registry)");
+    }
+    let docker_config = std::env::var_os("DOCKER_CONFIG").map(std::path::PathBuf::from);
+    let credentials = match RegistryCredentials::locate(
+        args.registry_config.as_deref(),
+        docker_config.as_deref(),
+    ) {
+        Some(path) => {
+            let (credentials, report) = RegistryCredentials::load(&path)?;
+            let registries: Vec<&str> = credentials.registries().collect();
+            info!(
+                file = %path.display(),
+                registries = ?registries,
+                "registry credentials read"
+            );
+            for warning in &report.warnings {
+                tracing::warn!(file = %path.display(), "{warning}");
+            }
+            credentials
+        }
+        None => {
+            info!(
+                "no registry config (--registry-config, $DOCKER_CONFIG/config.json): pulls \
+                     use each function's registry_auth, else none"
+            );
+            RegistryCredentials::default()
+        }
+    };
+    Ok(RegistrySettings {
+        credentials,
+        insecure,
+    })
 }
 
 type Server = tokio::task::JoinHandle<std::io::Result<()>>;

@@ -528,6 +528,7 @@ impl LayoutEntry {
             digest: self.digest.clone(),
             size: self.size,
             platform: self.platform.clone(),
+            urls: Vec::new(),
         }
     }
 }
@@ -679,8 +680,9 @@ impl ImageStore {
             return Ok(None);
         };
         let config = parse_config(&src, &config_digest, &config_bytes)?;
-        let mut layers = Vec::with_capacity(config.rootfs.diff_ids.len());
-        for diff_id in &config.rootfs.diff_ids {
+        let diff_ids = config.rootfs.diff_ids.as_deref().unwrap_or_default();
+        let mut layers = Vec::with_capacity(diff_ids.len());
+        for diff_id in diff_ids {
             let diff_id = parse_digest(&src, "config", &config_digest, diff_id)?;
             let dir = self.layer_dir(&diff_id);
             if !dir.is_dir() {
@@ -836,7 +838,11 @@ impl ImageStore {
         }
         let config = checked_config(src, &config_digest, &config_bytes, entry.layers.len())?;
         let mut layers = Vec::with_capacity(entry.layers.len());
-        for (member, diff_id) in entry.layers.iter().zip(&config.rootfs.diff_ids) {
+        for (member, diff_id) in entry
+            .layers
+            .iter()
+            .zip(config.rootfs.diff_ids.as_deref().unwrap_or_default())
+        {
             let member = normalise(member.as_bytes(), "").ok_or_else(|| {
                 fail(
                     src,
@@ -1205,7 +1211,11 @@ fn oci_config_and_layers(
     .ok_or_else(|| missing_blob(src, &config_digest))?;
     let config = checked_config(src, &config_digest, &config_bytes, manifest.layers.len())?;
     let mut layers = Vec::with_capacity(manifest.layers.len());
-    for (layer, diff_id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
+    for (layer, diff_id) in manifest
+        .layers
+        .iter()
+        .zip(config.rootfs.diff_ids.as_deref().unwrap_or_default())
+    {
         let digest = parse_digest(src, "manifest", manifest_digest, &layer.digest)?;
         let size = descriptor_size(src, "manifest", manifest_digest, layer.size)?;
         let compression = manifest::layer_compression(&layer.media_type).ok_or_else(|| {
@@ -1327,15 +1337,23 @@ fn checked_config(
             hint: "squash some layers",
         });
     }
-    if layers != config.rootfs.diff_ids.len() {
+    let diff_ids = config.rootfs.diff_ids.as_ref().map_or(0, Vec::len);
+    if layers > 0 && config.rootfs.diff_ids.is_none() {
         return Err(ImageError::Malformed {
             reference: src.to_string(),
             what: "config",
             digest: digest.to_string(),
-            reason: format!(
-                "it lists {} diff ids, the manifest {layers} layers",
-                config.rootfs.diff_ids.len()
-            ),
+            reason: "it has no rootfs.diff_ids, which Wharf needs to verify the unpacked layers \
+                     (rebuild the image with a current build tool)"
+                .into(),
+        });
+    }
+    if layers != diff_ids {
+        return Err(ImageError::Malformed {
+            reference: src.to_string(),
+            what: "config",
+            digest: digest.to_string(),
+            reason: format!("it lists {diff_ids} diff ids, the manifest {layers} layers"),
         });
     }
     Ok(config)

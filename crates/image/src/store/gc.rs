@@ -423,7 +423,7 @@ impl ImageStore {
         }
         if let Some(config) = self.read_blob(&config_digest, MAX_CONFIG_BYTES)? {
             let config = parse_config(&r, &config_digest, &config)?;
-            for diff_id in &config.rootfs.diff_ids {
+            for diff_id in config.rootfs.diff_ids.as_deref().unwrap_or_default() {
                 let diff_id = parse_digest(&r, "config", &config_digest, diff_id)?;
                 complete &= self.layer_dir(&diff_id).is_dir();
                 parts.diff_ids.push(diff_id);
