@@ -440,3 +440,60 @@ async fn two_concurrent_deploys_of_one_image_download_each_blob_once() {
     assert!(stdout(&out).contains("one,two"), "{}", stdout(&out));
     finish(w);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_pull_holds_up_no_other_function() {
+    if needs_root() {
+        return;
+    }
+    let registry = Registry::start().expect("start the registry");
+    let small = testfn_with(vec![]);
+    let big = testfn_with(vec![Layer::new(vec![Entry::file(
+        "data.bin",
+        noise(8 << 20),
+    )])]);
+    let pusher = Pusher::for_registry(&registry);
+    pusher.push_image("small", "latest", &small).await.unwrap();
+    pusher.push_image("big", "latest", &big).await.unwrap();
+    let front = RegistryFront::start(&registry.host()).unwrap();
+    // The big image's data layer takes about 16 s at this rate: the pull is surely running
+    // for the whole of the checks below.
+    front.set_rate(Some(512 << 10));
+    let w = Wharf::start(WHARF.as_ref(), WharfOptions::default()).expect("start wharf serve");
+    let r = deploy(&w, "warm", &format!("{}/small:latest", registry.host())).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(invoke(&w, "warm", json!({"name": "a"})).await.status, 200);
+
+    let data_layer = &big.layers[1].blob;
+    let slow = deploy_in_background(&w, "slow", &format!("{}/big:latest", front.host()));
+    assert_eventually!(
+        front.blob_bytes_sent(&data_layer.digest) > 0,
+        "the slow deploy downloads"
+    );
+    // Warm calls, a new cold start of another function and the control plane all answer while
+    // the pull goes on.
+    let t0 = std::time::Instant::now();
+    for i in 0..20 {
+        let r = invoke(&w, "warm", json!({"name": format!("n{i}")})).await;
+        assert_eq!(r.text(), format!("Hello, n{i}!\n"));
+    }
+    let r = deploy(&w, "other", &format!("{}/small:latest", registry.host())).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = invoke(&w, "other", json!({"name": "cold"})).await;
+    assert_eq!(r.text(), "Hello, cold!\n");
+    assert_eq!(r.header("x-wharf-cold-start").as_deref(), Some("true"));
+    assert_eq!(w.api("GET", "/v1/functions", None).await.status, 200);
+    assert!(
+        front.blob_bytes_sent(&data_layer.digest) < data_layer.bytes.len() as u64,
+        "the pull was still running during the checks ({:?} in)",
+        t0.elapsed()
+    );
+    front.set_rate(None);
+    let (status, body) = slow.await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        invoke(&w, "slow", json!({"name": "big"})).await.text(),
+        "Hello, big!\n"
+    );
+    finish(w);
+}
