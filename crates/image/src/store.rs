@@ -299,34 +299,45 @@ impl ImageStore {
                 reason: "it is not pinned by digest (expected registry/repository@sha256:…)".into(),
             });
         };
-        let Some(bytes) = self.read_blob(&digest, MAX_MANIFEST_BYTES)? else {
+        self.local_image(&r, &digest, r.pinned(&digest))
+    }
+
+    /// The image whose manifest or index has `digest`, from `blobs/` and `layers/` alone:
+    /// `None` unless its manifest, config and every layer are present. `r` words errors.
+    pub(crate) fn local_image(
+        &self,
+        r: &dyn std::fmt::Display,
+        digest: &Digest,
+        pinned: String,
+    ) -> Result<Option<Image>, ImageError> {
+        let Some(bytes) = self.read_blob(digest, MAX_MANIFEST_BYTES)? else {
             return Ok(None);
         };
-        let manifest = match parse_document(&r, &digest, &bytes)? {
+        let manifest = match parse_document(r, digest, &bytes)? {
             Document::Manifest(m) => m,
             Document::Index(index) => {
                 let Ok(entry) = select_platform(&index) else {
                     return Ok(None);
                 };
-                let child = parse_digest(&r, "index", &digest, &entry.digest)?;
+                let child = parse_digest(r, "index", digest, &entry.digest)?;
                 let Some(bytes) = self.read_blob(&child, MAX_MANIFEST_BYTES)? else {
                     return Ok(None);
                 };
-                match parse_document(&r, &child, &bytes)? {
+                match parse_document(r, &child, &bytes)? {
                     Document::Manifest(m) => m,
                     Document::Index(_) => return Ok(None),
                 }
             }
         };
-        let config_digest = parse_digest(&r, "manifest", &digest, &manifest.config.digest)?;
+        let config_digest = parse_digest(r, "manifest", digest, &manifest.config.digest)?;
         let Some(config_bytes) = self.read_blob(&config_digest, MAX_CONFIG_BYTES)? else {
             return Ok(None);
         };
-        let config = parse_config(&r, &config_digest, &config_bytes)?;
+        let config = parse_config(r, &config_digest, &config_bytes)?;
         let diff_ids = config.rootfs.diff_ids.as_deref().unwrap_or_default();
         let mut layers = Vec::with_capacity(diff_ids.len());
         for diff_id in diff_ids {
-            let diff_id = parse_digest(&r, "config", &config_digest, diff_id)?;
+            let diff_id = parse_digest(r, "config", &config_digest, diff_id)?;
             let dir = self.layer_dir(&diff_id);
             if !dir.is_dir() {
                 return Ok(None);
@@ -334,7 +345,7 @@ impl ImageStore {
             layers.push(dir);
         }
         Ok(Some(Image {
-            pinned: r.pinned(&digest),
+            pinned,
             digest: digest.to_string(),
             config: config.image_config(),
             layers,

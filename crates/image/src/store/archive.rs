@@ -656,46 +656,7 @@ impl ImageStore {
                 ),
             });
         };
-        let Some(bytes) = self.read_blob(&digest, MAX_MANIFEST_BYTES)? else {
-            return Ok(None);
-        };
-        let manifest = match parse_document(&src, &digest, &bytes)? {
-            Document::Manifest(m) => m,
-            Document::Index(index) => {
-                let Ok(entry) = select_platform(&index) else {
-                    return Ok(None);
-                };
-                let child = parse_digest(&src, "index", &digest, &entry.digest)?;
-                let Some(bytes) = self.read_blob(&child, MAX_MANIFEST_BYTES)? else {
-                    return Ok(None);
-                };
-                match parse_document(&src, &child, &bytes)? {
-                    Document::Manifest(m) => m,
-                    Document::Index(_) => return Ok(None),
-                }
-            }
-        };
-        let config_digest = parse_digest(&src, "manifest", &digest, &manifest.config.digest)?;
-        let Some(config_bytes) = self.read_blob(&config_digest, MAX_CONFIG_BYTES)? else {
-            return Ok(None);
-        };
-        let config = parse_config(&src, &config_digest, &config_bytes)?;
-        let diff_ids = config.rootfs.diff_ids.as_deref().unwrap_or_default();
-        let mut layers = Vec::with_capacity(diff_ids.len());
-        for diff_id in diff_ids {
-            let diff_id = parse_digest(&src, "config", &config_digest, diff_id)?;
-            let dir = self.layer_dir(&diff_id);
-            if !dir.is_dir() {
-                return Ok(None);
-            }
-            layers.push(dir);
-        }
-        Ok(Some(Image {
-            pinned: src.pinned(&digest),
-            digest: digest.to_string(),
-            config: config.image_config(),
-            layers,
-        }))
+        self.local_image(&src, &digest, src.pinned(&digest))
     }
 
     fn store_bytes(
