@@ -27,6 +27,21 @@ impl ImageStore {
         reference: &str,
         auth: &RegistryAuth,
     ) -> Result<Resolved, ImageError> {
+        // An archive is read all the same: that is how its digest is known, and the file may be
+        // gone by the first cold start. It is local, so this costs no download.
+        if crate::source::parse_archive(reference)
+            .map_err(|reason| ImageError::InvalidReference {
+                reference: reference.to_owned(),
+                reason,
+            })?
+            .is_some()
+        {
+            let image = self.pull(reference, auth).await?;
+            return Ok(Resolved {
+                pinned: image.pinned,
+                digest: image.digest,
+            });
+        }
         let r =
             ImageReference::parse(reference).map_err(|reason| ImageError::InvalidReference {
                 reference: reference.to_owned(),

@@ -23,7 +23,8 @@ use crate::progress::{LayerInfo, PullEvent, PullOptions};
 use crate::reference::ImageReference;
 use crate::registry::{BlobSource, MAX_MANIFEST_BYTES, RegistryClient, manifest_too_large};
 use crate::unpack::{
-    ImageBudget, MAX_IMAGE_UNPACKED_BYTES, UnpackError, UnpackLimits, unpack_layer,
+    ImageBudget, MAX_IMAGE_UNPACKED_BYTES, UnpackError, UnpackLimits, charge_unpacked,
+    record_unpacked_bytes, unpack_layer,
 };
 use crate::{Image, RegistryAuth, RegistrySettings, install_crypto_provider};
 
@@ -533,10 +534,16 @@ impl ImageStore {
                 size: job.size,
             })
         };
+        // A layer already unpacked counts towards the image's size all the same.
+        let reuse = || {
+            charge_unpacked(&dest, budget)
+                .map_err(|e| unpack_error(e, r, &job.digest, &self.inner.limits))?;
+            present();
+            Ok(dest.clone())
+        };
         if dest.is_dir() {
             tracing::debug!(layer = %job.digest, diff_id = %job.diff_id, "layer already unpacked");
-            present();
-            return Ok(dest);
+            return reuse();
         }
         let _guard = self
             .inner
@@ -544,8 +551,7 @@ impl ImageStore {
             .lock(format!("layer:{}", job.diff_id))
             .await;
         if dest.is_dir() {
-            present();
-            return Ok(dest);
+            return reuse();
         }
         let started = Instant::now();
         let source = BlobSource {
@@ -582,6 +588,7 @@ impl ImageStore {
                 &limits,
                 Some(&budget),
             )?;
+            record_unpacked_bytes(&unpack_dir, stats.bytes);
             // One flush of the file system instead of an fsync per file: the rename below must
             // not become durable before the contents.
             let dir = std::fs::File::open(&unpack_dir).map_err(|source| UnpackError::Local {

@@ -88,12 +88,47 @@ impl ImageBudget {
     }
 
     /// Reserves `bytes`; fails once the image as a whole would exceed its limit.
-    fn take(&self, bytes: u64) -> Result<(), UnpackError> {
+    pub(crate) fn take(&self, bytes: u64) -> Result<(), UnpackError> {
         let before = self.used.fetch_add(bytes, Ordering::Relaxed);
         if before.saturating_add(bytes) > self.limit {
             return Err(UnpackError::ImageTooLarge { limit: self.limit });
         }
         Ok(())
+    }
+}
+
+/// On an unpacked layer's directory: what the layer unpacked to, in bytes (decimal text). A
+/// later pull of an image that shares the layer charges it to that image's [`ImageBudget`] from
+/// this, without walking the directory.
+pub const UNPACKED_BYTES_XATTR: &str = "user.wharf.unpacked-bytes";
+
+/// Records `bytes` as what the layer in `dir` unpacked to ([`UNPACKED_BYTES_XATTR`]). Best
+/// effort: on a file system without user xattrs the layer is simply not charged again later.
+pub fn record_unpacked_bytes(dir: &Path, bytes: u64) {
+    let value = bytes.to_string();
+    if let Err(e) = rustix::fs::setxattr(
+        dir,
+        UNPACKED_BYTES_XATTR,
+        value.as_bytes(),
+        rustix::fs::XattrFlags::empty(),
+    ) {
+        tracing::debug!(dir = %dir.display(), error = %e, "cannot record a layer's unpacked size");
+    }
+}
+
+/// What the layer unpacked in `dir` unpacked to, if it was recorded.
+pub fn recorded_unpacked_bytes(dir: &Path) -> Option<u64> {
+    let mut buf = [0u8; 24];
+    let n = rustix::fs::getxattr(dir, UNPACKED_BYTES_XATTR, &mut buf).ok()?;
+    std::str::from_utf8(&buf[..n]).ok()?.parse().ok()
+}
+
+/// Charges the layer already unpacked in `dir` to `budget` (nothing if its size was never
+/// recorded: a layer unpacked by an older Wharf).
+pub fn charge_unpacked(dir: &Path, budget: &ImageBudget) -> Result<(), UnpackError> {
+    match recorded_unpacked_bytes(dir) {
+        Some(bytes) => budget.take(bytes),
+        None => Ok(()),
     }
 }
 

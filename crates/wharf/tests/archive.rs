@@ -69,6 +69,23 @@ async fn a_function_deployed_from_an_oci_archive_runs_without_the_registry() {
     assert_eq!(resp.status, 200, "{}", resp.text());
     assert_eq!(resp.text(), "Hello, archive!\n");
 
+    // With prepull off an archive is read at deploy all the same (it may be gone later): the
+    // function is pinned to the same digest and runs.
+    let body = json!({"image": image, "prepull": false}).to_string();
+    let resp = wharf
+        .api("PUT", "/v1/functions/lazy", Some(body.into_bytes()))
+        .await;
+    assert_eq!(resp.status, 201, "{}", resp.text());
+    assert_eq!(resp.json()["image_pinned"], format!("{image}@{digest}"));
+    let resp = wharf
+        .api(
+            "POST",
+            "/v1/functions/lazy/invoke",
+            Some(br#"{"name":"lazy"}"#.to_vec()),
+        )
+        .await;
+    assert_eq!(resp.text(), "Hello, lazy!\n");
+
     // A relative path is refused at deploy, naming the field's problem.
     let body = json!({"image": "oci-archive:hello.tar"}).to_string();
     let resp = wharf

@@ -51,7 +51,10 @@ use crate::manifest::{
 use crate::platform::{TARGET_ARCHITECTURE, TARGET_OS, select_platform};
 use crate::registry::MAX_MANIFEST_BYTES;
 use crate::source::{ArchiveReference, ArchiveTransport};
-use crate::unpack::{ImageBudget, MAX_TAR_METADATA_BYTES, UnpackError, unpack_layer};
+use crate::unpack::{
+    ImageBudget, MAX_TAR_METADATA_BYTES, UnpackError, charge_unpacked, record_unpacked_bytes,
+    unpack_layer,
+};
 use crate::{Image, source};
 
 /// Most members (files, links, directories) an archive may have: `docker save` of a
@@ -876,7 +879,11 @@ impl ImageStore {
                 }
             }
         };
-        if !dest.is_dir() {
+        if dest.is_dir() {
+            // Counts towards the image's size all the same.
+            charge_unpacked(&dest, budget)
+                .map_err(|e| archive_wording(unpack_error(e, src, &digest, &self.inner.limits)))?;
+        } else {
             self.unpack_archive_layer(src, &digest, compression, &layer.diff_id, budget)?;
         }
         Ok(LayerDone {
@@ -1000,6 +1007,7 @@ impl ImageStore {
             Some(budget),
         )
         .and_then(|stats| {
+            record_unpacked_bytes(tmp.path(), stats.bytes);
             let dir = File::open(tmp.path()).map_err(|source| UnpackError::Local {
                 action: "open",
                 path: tmp.path().to_owned(),
