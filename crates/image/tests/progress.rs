@@ -278,5 +278,26 @@ async fn the_total_unpacked_size_of_an_image_is_capped() -> anyhow::Result<()> {
         std::fs::read_dir(dir.path().join("tmp")).unwrap().count() == 0,
         "tmp/ is emptied"
     );
+
+    // Pulled again, the layer kept from the first try counts all the same: still refused.
+    let err = store
+        .pull(&reference, &RegistryAuth::Anonymous)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ImageErrorKind::TooLarge, "{err}");
+    // An image made of a layer another image brought counts it too: `one`'s layer (1.5 MiB)
+    // and a new one of 1.5 MiB are over 2 MiB together.
+    let (_, _) = env
+        .push(
+            "three",
+            "v1",
+            ImageBuilder::new().layer(zeros("c")).layer(zeros("d")),
+        )
+        .await?;
+    let err = store
+        .pull(&env.reference("three:v1"), &RegistryAuth::Anonymous)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ImageErrorKind::TooLarge, "{err}");
     Ok(())
 }
