@@ -94,14 +94,46 @@ struct AuthEntry {
     registrytoken: Option<String>,
 }
 
+/// `message` with every quoted value (`"…"` and `` `…` ``) replaced by `…`: serde_json quotes
+/// the values it did not expect (`invalid type: string "dXNlcjpwdw==", expected …`), and in
+/// this file those are secrets.
+fn without_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut quote = None;
+    for c in message.chars() {
+        match quote {
+            Some(q) if c == q => {
+                out.push('…');
+                quote = None;
+            }
+            Some(_) => {}
+            None if c == '"' || c == '`' => quote = Some(c),
+            None => out.push(c),
+        }
+    }
+    if quote.is_some() {
+        out.push('…');
+    }
+    out
+}
+
 impl RegistryCredentials {
-    /// Which file to read: `explicit` (`--registry-config`), else `$DOCKER_CONFIG/config.json`
-    /// if `$DOCKER_CONFIG` is set and the file exists, else none.
-    pub fn locate(explicit: Option<&Path>, docker_config_env: Option<&Path>) -> Option<PathBuf> {
+    /// Which file to read, as Docker looks for it: `explicit` (`--registry-config`), else
+    /// `$DOCKER_CONFIG/config.json` when `$DOCKER_CONFIG` is set, else
+    /// `$HOME/.docker/config.json` (what `docker login` writes); none if that file does not
+    /// exist.
+    pub fn locate(
+        explicit: Option<&Path>,
+        docker_config_env: Option<&Path>,
+        home: Option<&Path>,
+    ) -> Option<PathBuf> {
         if let Some(path) = explicit {
             return Some(path.to_owned());
         }
-        let candidate = docker_config_env?.join("config.json");
+        let candidate = match docker_config_env {
+            Some(dir) => dir.join("config.json"),
+            None => home?.join(".docker").join("config.json"),
+        };
         candidate.exists().then_some(candidate)
     }
 
@@ -138,8 +170,8 @@ impl RegistryCredentials {
 
     /// Parses the contents of a `config.json`; the error is what is wrong with it.
     pub fn parse(bytes: &[u8]) -> Result<(RegistryCredentials, LoadReport), String> {
-        // serde_json's messages quote no input values, only positions and types: no secrets.
-        let file: DockerConfigFile = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        let file: DockerConfigFile =
+            serde_json::from_slice(bytes).map_err(|e| without_values(&e.to_string()))?;
         let mut report = LoadReport::default();
         if let Some(helper) = file.creds_store.as_deref().filter(|h| !h.is_empty()) {
             report.warnings.push(format!(
@@ -380,11 +412,22 @@ mod tests {
             ), // "nocolon"
             (br#"{"auths":["r.io"]}"#, "expected a map"),
             (br#"{"auths":{"r.io":{"auth":"dTpw"}}"#, "EOF"),
+            // serde_json quotes the values it did not expect: they are left out.
+            (
+                br#"{"auths":{"r.io":"s3cret-as-a-string"}}"#,
+                "invalid type",
+            ),
+            (
+                br#"{"auths":{"r.io":{"username":"u","password":9876543210}}}"#,
+                "invalid type",
+            ),
         ] {
             let err = RegistryCredentials::parse(input).expect_err("refused");
             assert!(err.contains(needle), "{err:?} lacks {needle:?}");
             assert!(
-                !err.contains("s3cret") && !err.contains("bm9jb2xvbg"),
+                !err.contains("s3cret")
+                    && !err.contains("bm9jb2xvbg")
+                    && !err.contains("9876543210"),
                 "{err}"
             );
         }
@@ -406,16 +449,37 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let explicit = dir.path().join("mine.json");
         assert_eq!(
-            RegistryCredentials::locate(Some(&explicit), Some(dir.path())),
+            RegistryCredentials::locate(Some(&explicit), Some(dir.path()), None),
             Some(explicit)
         );
-        assert_eq!(RegistryCredentials::locate(None, Some(dir.path())), None);
+        assert_eq!(
+            RegistryCredentials::locate(None, Some(dir.path()), None),
+            None
+        );
         std::fs::write(dir.path().join("config.json"), "{}").unwrap();
         assert_eq!(
-            RegistryCredentials::locate(None, Some(dir.path())),
+            RegistryCredentials::locate(None, Some(dir.path()), None),
             Some(dir.path().join("config.json"))
         );
-        assert_eq!(RegistryCredentials::locate(None, None), None);
+        assert_eq!(RegistryCredentials::locate(None, None, None), None);
+        // Without $DOCKER_CONFIG, the home directory's, as docker login writes it.
+        let home = tempfile::tempdir().unwrap();
+        assert_eq!(
+            RegistryCredentials::locate(None, None, Some(home.path())),
+            None
+        );
+        let docker = home.path().join(".docker");
+        std::fs::create_dir(&docker).unwrap();
+        std::fs::write(docker.join("config.json"), "{}").unwrap();
+        assert_eq!(
+            RegistryCredentials::locate(None, None, Some(home.path())),
+            Some(docker.join("config.json"))
+        );
+        // $DOCKER_CONFIG set: only there, as Docker does.
+        assert_eq!(
+            RegistryCredentials::locate(None, Some(home.path()), Some(home.path())),
+            None
+        );
     }
 
     #[test]

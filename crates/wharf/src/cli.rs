@@ -136,7 +136,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SIZE", default_value = "10GiB", value_parser = parse_size)]
     pub max_image_size: u64,
     /// Registry credentials: a Docker config.json (`auths`) [default: $DOCKER_CONFIG/config.json
-    /// if it exists, else none]. A function's registry_auth wins over it
+    /// when $DOCKER_CONFIG is set, else $HOME/.docker/config.json, if it exists]. A function's registry_auth wins over it
     #[arg(long, value_name = "PATH")]
     pub registry_config: Option<PathBuf>,
     /// A registry spoken to in plain HTTP (repeatable); loopback registries always are

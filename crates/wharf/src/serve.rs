@@ -114,7 +114,8 @@ pub async fn run(global: Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The registry credentials (`--registry-config`, else `$DOCKER_CONFIG/config.json`) and the
+/// The registry credentials (`--registry-config`, else `$DOCKER_CONFIG/config.json`, else
+/// `$HOME/.docker/config.json`) and the
 /// insecure registries. A file that cannot be read or parsed stops the start-up: pulling
 /// anonymously instead would fail later, far from the cause.
 fn registry_settings(args: &ServeArgs) -> anyhow::Result<RegistrySettings> {
@@ -127,9 +128,11 @@ fn registry_settings(args: &ServeArgs) -> anyhow::Result<RegistrySettings> {
         info!(registries = ?insecure, "plain HTTP allowed for these registries (--insecure-registry)");
     }
     let docker_config = std::env::var_os("DOCKER_CONFIG").map(std::path::PathBuf::from);
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
     let credentials = match RegistryCredentials::locate(
         args.registry_config.as_deref(),
         docker_config.as_deref(),
+        home.as_deref(),
     ) {
         Some(path) => {
             let (credentials, report) = RegistryCredentials::load(&path)?;
@@ -146,7 +149,7 @@ fn registry_settings(args: &ServeArgs) -> anyhow::Result<RegistrySettings> {
         }
         None => {
             info!(
-                "no registry config (--registry-config, $DOCKER_CONFIG/config.json): pulls \
+                "no registry config (--registry-config, $DOCKER_CONFIG or ~/.docker/config.json): pulls \
                      use each function's registry_auth, else none"
             );
             RegistryCredentials::default()
