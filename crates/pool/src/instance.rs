@@ -50,15 +50,18 @@ impl PoolInstance {
         let image = match pool.images.get(&spec.image_pinned) {
             Ok(Some(image)) => image,
             // Deployed with `prepull: false`, or the layers were removed since.
+            // A shutdown does not wait for the pull: what it downloaded so far is in the image
+            // store's tmp/, which the next start empties.
             Ok(None) => {
                 tracing::info!(function = %name, image = %spec.image_pinned, "pulling the image for a cold start");
-                pool.images
-                    .pull(&spec.image_pinned, &spec.registry_auth)
-                    .await
-                    .map_err(|source| InvokeError::Image {
-                        name: name.clone(),
-                        source: Box::new(source),
-                    })?
+                let pulled = tokio::select! {
+                    pulled = pool.images.pull(&spec.image_pinned, &spec.registry_auth) => pulled,
+                    () = pool.shutdown.cancelled() => return Err(InvokeError::ShuttingDown),
+                };
+                pulled.map_err(|source| InvokeError::Image {
+                    name: name.clone(),
+                    source: Box::new(source),
+                })?
             }
             Err(source) => {
                 return Err(InvokeError::Image {

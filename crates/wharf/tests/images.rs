@@ -497,3 +497,71 @@ async fn a_slow_pull_holds_up_no_other_function() {
     );
     finish(w);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_cold_start_pull_stops_the_daemon_at_once() {
+    if needs_root() {
+        return;
+    }
+    let registry = Registry::start().expect("start the registry");
+    let big = testfn_with(vec![Layer::new(vec![Entry::file(
+        "data.bin",
+        noise(16 << 20),
+    )])]);
+    Pusher::for_registry(&registry)
+        .push_image("big", "latest", &big)
+        .await
+        .unwrap();
+    let front = RegistryFront::start(&registry.host()).unwrap();
+    // The data layer would take about a minute: the pull is surely running at the SIGTERM.
+    front.set_rate(Some(256 << 10));
+    let mut w = Wharf::start(WHARF.as_ref(), WharfOptions::default()).expect("start wharf serve");
+    let body = json!({"image": format!("{}/big:latest", front.host()), "prepull": false});
+    let r = w
+        .api(
+            "PUT",
+            "/v1/functions/lazy",
+            Some(body.to_string().into_bytes()),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+
+    let url = format!("{}/v1/functions/lazy/invoke", w.url());
+    let token = w.token().to_string();
+    let call = tokio::spawn(async move {
+        let resp = reqwest::Client::new()
+            .post(url)
+            .bearer_auth(token)
+            .body(r#"{"name":"x"}"#)
+            .send()
+            .await;
+        match resp {
+            Ok(resp) => Some((
+                resp.status().as_u16(),
+                resp.text().await.unwrap_or_default(),
+            )),
+            // The daemon closed the connection as it stopped.
+            Err(_) => None,
+        }
+    });
+    let data_layer = &big.layers[1].blob;
+    assert_eventually!(
+        front.blob_bytes_sent(&data_layer.digest) > 0,
+        "the cold start pulls"
+    );
+    let t0 = std::time::Instant::now();
+    let status = w
+        .stop()
+        .expect("wharf serve stops on SIGTERM during the pull");
+    assert!(status.success(), "{status}");
+    assert!(
+        front.blob_bytes_sent(&data_layer.digest) < data_layer.bytes.len() as u64,
+        "the pull had finished before the daemon stopped ({:?})",
+        t0.elapsed()
+    );
+    if let Some((status, body)) = call.await.unwrap() {
+        assert_eq!(status, 503, "{body}");
+    }
+    let left = w.leftovers();
+    assert!(left.is_empty(), "left behind: {left:#?}");
+}

@@ -55,6 +55,10 @@ use crate::store::MAX_CONFIG_BYTES;
 pub const INDEX_FILE: &str = "images.json";
 /// Written into [`INDEX_FILE`]; a file with a larger number is refused, not overwritten.
 pub const INDEX_FORMAT: u32 = 1;
+/// How long a prune waits for pulls before it says so in the log.
+const PRUNE_PATIENCE: Duration = Duration::from_secs(5);
+/// Whether an index that could not be read is damaged (does not parse: may be started afresh).
+struct Damaged(bool);
 /// How often a prune tries again to get the store to itself while pulls are running.
 pub const PRUNE_POLL: Duration = Duration::from_millis(25);
 
@@ -100,6 +104,14 @@ impl Gc {
 }
 
 /// Leases are counted by the canonical pinned reference (as `pull` returns it).
+/// The digest a pinned reference names, a registry's or an archive's.
+fn pinned_digest(pinned: &str) -> Option<Digest> {
+    if let Ok(Some(archive)) = super::archive::parse(pinned) {
+        return archive.digest;
+    }
+    ImageReference::parse(pinned).ok()?.digest
+}
+
 fn lease_key(pinned: &str) -> String {
     if matches!(super::archive::parse(pinned), Ok(Some(_))) {
         return pinned.to_owned();
@@ -231,7 +243,11 @@ impl ImageStore {
     ) -> Result<(crate::Image, ImageLease), ImageError> {
         let _shared = self.inner.gc.shared().await;
         let image = self.pull_unlocked(reference, auth, options).await?;
-        self.record(&image)?;
+        // Reads, writes and syncs images.json: off the async workers.
+        let (store, recorded) = (self.clone(), image.clone());
+        tokio::task::spawn_blocking(move || store.record(&recorded))
+            .await
+            .map_err(|e| ImageError::io("record", self.index_path(), std::io::Error::other(e)))??;
         let lease = self.inner.gc.lease_held(&image.pinned);
         Ok((image, lease))
     }
@@ -268,12 +284,21 @@ impl ImageStore {
 
     /// Waits until no pull is running and gets the store to itself; see the module docs.
     pub async fn begin_prune(&self) -> Pruning {
+        let started = std::time::Instant::now();
+        let mut said = false;
         loop {
             if let Ok(guard) = self.inner.gc.lock.clone().try_write_owned() {
                 return Pruning {
                     store: self.clone(),
                     _exclusive: guard,
                 };
+            }
+            if !said && started.elapsed() >= PRUNE_PATIENCE {
+                tracing::info!(
+                    waited_s = started.elapsed().as_secs(),
+                    "the prune waits for the image pulls in progress to finish"
+                );
+                said = true;
             }
             tokio::time::sleep(PRUNE_POLL).await;
         }
@@ -287,14 +312,7 @@ impl ImageStore {
             .index
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        let mut index = match self.read_index() {
-            Ok(index) => index,
-            // Only the listing of unused images is lost; prune still finds their files.
-            Err(e) => {
-                tracing::warn!(error = %e, "the image list is unreadable: starting a new one");
-                IndexFile::default()
-            }
-        };
+        let mut index = self.read_index_to_update()?;
         index.images.retain(|e| e.pinned != image.pinned);
         index.images.push(IndexEntry {
             pinned: image.pinned.clone(),
@@ -308,31 +326,63 @@ impl ImageStore {
         self.inner.root.join(INDEX_FILE)
     }
 
+    /// The index, to change it: a damaged one (it does not parse) is started afresh, since
+    /// only the listing of unused images is lost (a prune still finds their files); one written
+    /// by a newer Wharf, or one that cannot be read, is an error and is left alone.
+    fn read_index_to_update(&self) -> Result<IndexFile, ImageError> {
+        match self.read_index_checked() {
+            Ok(index) => Ok(index),
+            Err((e, Damaged(true))) => {
+                tracing::warn!(error = %e, "the image list is damaged: starting a new one");
+                Ok(IndexFile::default())
+            }
+            Err((e, Damaged(false))) => Err(e),
+        }
+    }
+
     fn read_index(&self) -> Result<IndexFile, ImageError> {
+        self.read_index_checked().map_err(|(e, _)| e)
+    }
+
+    fn read_index_checked(&self) -> Result<IndexFile, (ImageError, Damaged)> {
         let path = self.index_path();
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(IndexFile::default()),
-            Err(e) => return Err(ImageError::io("read", path, e)),
+            Err(e) => return Err((ImageError::io("read", path, e), Damaged(false))),
         };
-        let invalid = |why: String| {
-            ImageError::io(
+        let invalid = |why: String, damaged: bool| {
+            let e = ImageError::io(
                 "read the image list",
                 &path,
                 std::io::Error::new(std::io::ErrorKind::InvalidData, why),
+            );
+            (e, Damaged(damaged))
+        };
+        let damaged = |e: serde_json::Error| {
+            invalid(
+                format!("{e} (remove the file: the next pull and prune rebuild it from the store)"),
+                true,
             )
         };
-        let index: IndexFile = serde_json::from_slice(&bytes).map_err(|e| {
-            invalid(format!(
-                "{e} (remove the file: the next pull and prune rebuild it from the store)"
-            ))
-        })?;
-        if index.format > INDEX_FORMAT {
-            return Err(invalid(format!(
-                "it has format {}, this Wharf reads format {INDEX_FORMAT} (a newer Wharf wrote it)",
-                index.format
-            )));
+        // The format first: a newer Wharf's list may not parse as this one's, and must not be
+        // taken for a damaged one.
+        #[derive(Deserialize)]
+        struct Format {
+            #[serde(default)]
+            format: u32,
         }
+        let Format { format } = serde_json::from_slice(&bytes).map_err(damaged)?;
+        if format > INDEX_FORMAT {
+            return Err(invalid(
+                format!(
+                    "it has format {format}, this Wharf reads format {INDEX_FORMAT} (a newer \
+                     Wharf wrote it: run that Wharf, or move the file away to start a new list)"
+                ),
+                false,
+            ));
+        }
+        let index: IndexFile = serde_json::from_slice(&bytes).map_err(damaged)?;
         Ok(index)
     }
 
@@ -461,10 +511,7 @@ impl Pruning {
 
         let mut report = PruneReport::default();
         let _writer = inner.gc.index.lock().unwrap_or_else(|e| e.into_inner());
-        let mut index = store.read_index().unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "the image list is unreadable: rebuilding it");
-            IndexFile::default()
-        });
+        let mut index = store.read_index_to_update()?;
         let listed: HashSet<String> = index.images.iter().map(|e| e.pinned.clone()).collect();
         let (kept, removed): (Vec<_>, Vec<_>) = index
             .images
@@ -474,9 +521,8 @@ impl Pruning {
         // Images in use that an older Wharf pulled without listing them.
         for root in &roots {
             if !listed.contains(root)
-                && let Ok(r) = ImageReference::parse(root)
-                && let Some(digest) = &r.digest
-                && inner.blobs.contains(digest)
+                && let Some(digest) = pinned_digest(root)
+                && inner.blobs.contains(&digest)
             {
                 index.images.push(IndexEntry {
                     pinned: root.clone(),
@@ -649,6 +695,27 @@ mod tests {
             "{e}"
         );
         assert_eq!(std::fs::read(&path).unwrap(), b"{not json");
+
+        // A pull records into a damaged list by starting a new one, never into a newer one.
+        let image = crate::Image {
+            pinned: format!("127.0.0.1:5000/x@{}", Digest::of(b"m")),
+            digest: Digest::of(b"m").to_string(),
+            config: crate::ImageConfig::default(),
+            layers: vec![],
+        };
+        store.record(&image).unwrap();
+        assert_eq!(store.read_index().unwrap().images.len(), 1);
+        let newer = r#"{"format": 99, "images": [{"pinned": "a@b", "digest": "b"}]}"#;
+        std::fs::write(&path, newer).unwrap();
+        let e = store.record(&image).unwrap_err().to_string();
+        assert!(e.contains("newer Wharf"), "{e}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), newer);
+        let e = futures::executor::block_on(store.begin_prune())
+            .run(&[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("newer Wharf"), "{e}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), newer);
     }
 
     #[test]
