@@ -431,7 +431,18 @@ fn wants_ndjson(headers: &HeaderMap) -> bool {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|t| t.split(';').next().unwrap_or_default().trim() == NDJSON)
+        .any(|t| {
+            let mut parts = t.split(';');
+            let media = parts.next().unwrap_or_default().trim();
+            // `q=0` says "not this one".
+            let refused = parts.any(|p| {
+                p.trim()
+                    .strip_prefix("q=")
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            media.eq_ignore_ascii_case(NDJSON) && !refused
+        })
 }
 
 fn json_line(value: &impl Serialize) -> Bytes {
@@ -483,8 +494,7 @@ async fn deploy(
 ) -> Result<(StatusCode, FunctionView), ApiError> {
     let _serialised = app.lock_function(&name).await;
     let auth = registry_auth(valid.registry_auth.as_ref());
-    // The lease keeps a prune from removing the image before the function is stored. With
-    // prepull off there is nothing in the store to keep: the first cold start pulls.
+    // The lease keeps a prune from removing the image before the function is stored.
     let (pinned, digest, _lease) = if valid.prepull {
         let (image, lease) = app
             .images
@@ -510,7 +520,9 @@ async fn deploy(
     } else {
         // Pinned all the same; the first cold start pulls (and checks the command).
         let resolved = app.images.resolve(&valid.image, &auth).await?;
-        (resolved.pinned, resolved.digest, None)
+        // The image may be in the store already: a prune keeps it until the function is stored.
+        let lease = app.images.lease(&resolved.pinned).await;
+        (resolved.pinned, resolved.digest, Some(lease))
     };
     let now = unix_ms(SystemTime::now());
     let existing = crate::blocking({
@@ -726,6 +738,8 @@ mod tests {
         assert!(!accept("*/*"));
         assert!(accept("application/x-ndjson"));
         assert!(accept("application/json, application/x-ndjson;q=0.9"));
+        assert!(!accept("application/x-ndjson;q=0"));
+        assert!(!accept("application/json, application/x-ndjson; q=0.0"));
     }
 
     #[test]

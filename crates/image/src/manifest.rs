@@ -269,7 +269,10 @@ impl ConfigFile {
                     .enumerate()
                     .map(|(i, item)| {
                         item.as_str().map(str::to_owned).ok_or_else(|| {
-                            format!("rootfs.diff_ids[{i}] is not a string (it is {item})")
+                            format!(
+                                "rootfs.diff_ids[{i}] is not a string (it is {})",
+                                json_kind(item)
+                            )
                         })
                     })
                     .collect::<Result<Vec<_>, _>>()?,

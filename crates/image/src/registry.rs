@@ -350,7 +350,19 @@ fn status_error(code: u16, body: &[u8], url: &str) -> OciDistributionError {
     OciDistributionError::ServerError {
         code,
         url: url.into(),
-        message: String::from_utf8_lossy(body).into_owned(),
+        message: error_excerpt(body),
+    }
+}
+
+/// What a registry's error body says, cut to a length fit for an error message (the body is
+/// the registry's to choose: it may be a whole HTML page).
+fn error_excerpt(body: &[u8]) -> String {
+    const MAX_CHARS: usize = 300;
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    match text.char_indices().nth(MAX_CHARS) {
+        Some((cut, _)) => format!("{}… ({} bytes in all)", &text[..cut], body.len()),
+        None => text.to_owned(),
     }
 }
 
@@ -528,6 +540,16 @@ pub(crate) fn transport_reason(err: &reqwest::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn registry_error_bodies_are_cut_short() {
+        assert_eq!(super::error_excerpt(b"  denied \n"), "denied");
+        let page = "x".repeat(10_000);
+        let cut = super::error_excerpt(page.as_bytes());
+        assert!(cut.starts_with(&"x".repeat(300)), "{cut}");
+        assert!(cut.ends_with("… (10000 bytes in all)"), "{cut}");
+        assert!(cut.len() < 400);
+    }
+
     use super::*;
     use oci_client::errors::{OciEnvelope, OciError};
 

@@ -132,7 +132,8 @@ pub struct ServeArgs {
     #[arg(long, default_value = "wharf")]
     pub cgroup_parent: String,
     /// Largest unpacked size of one image, all its layers together (e.g. 10GiB, 512MiB); a
-    /// larger image is refused while it is unpacked
+    /// larger image is refused while it is unpacked. One layer is also held to 10 GiB
+    /// (MAX_LAYER_UNPACKED_BYTES), whatever this says
     #[arg(long, value_name = "SIZE", default_value = "10GiB", value_parser = parse_size)]
     pub max_image_size: u64,
     /// Registry credentials: a Docker config.json (`auths`) [default: $DOCKER_CONFIG/config.json
