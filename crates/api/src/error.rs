@@ -105,7 +105,9 @@ impl From<InvokeError> for ApiError {
         let message = e.to_string();
         let (status, code) = match &e {
             InvokeError::FunctionNotFound { name } => return ApiError::function_not_found(name),
-            // At invoke time the image was fine at deploy: whatever fails now is upstream.
+            // At invoke time an image is pulled only for a `prepull: false` function or when its
+            // layers were removed: the call reached no function (502), and the code says why
+            // (ImageTooLarge, ImageCorrupt, RegistryUnavailable, …), the message what to do.
             InvokeError::Image { source, .. } => {
                 (StatusCode::BAD_GATEWAY, image_status_code(source.kind()).1)
             }

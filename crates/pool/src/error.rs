@@ -18,7 +18,7 @@ pub enum DeployError {
 pub enum InvokeError {
     #[error("function {name} does not exist")]
     FunctionNotFound { name: String },
-    #[error("function {name}: its image is not available: {source}")]
+    #[error("function {name}: its image could not be made ready for a cold start: {source}")]
     Image {
         name: String,
         #[source]

@@ -209,6 +209,11 @@ async fn without_prepull_the_first_invocation_pulls_the_image() {
         .unwrap();
     assert!(init > 0.0, "{init}");
     assert!(layer_dirs(w.data_dir()) > 0, "the cold start pulled");
+    assert!(
+        w.log().contains("pulling the image for a cold start"),
+        "the cold start says it pulls: {}",
+        w.log()
+    );
 
     // A reference that does not resolve is refused at deploy, prepull or not.
     let missing = image.replace("hello:latest", "absent:latest");

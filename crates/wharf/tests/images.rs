@@ -217,7 +217,7 @@ async fn image_ls_and_prune_keep_what_functions_and_running_instances_use() {
             let resp = reqwest::Client::new()
                 .post(format!("{url}/v1/functions/g/invoke"))
                 .bearer_auth(token)
-                .body(json!({"cmd": "sleep", "ms": 4000}).to_string())
+                .body(json!({"cmd": "sleep", "ms": 8000}).to_string())
                 .send()
                 .await
                 .expect("the slow invocation");
@@ -402,8 +402,8 @@ async fn two_concurrent_deploys_of_one_image_download_each_blob_once() {
         .await
         .unwrap();
     let front = RegistryFront::start(&registry.host()).unwrap();
-    // About 2 s for the data layer: the second deploy starts while the first downloads.
-    front.set_rate(Some(1 << 20));
+    // About 4 s for the data layer: the second deploy starts while the first downloads.
+    front.set_rate(Some(512 << 10));
     let reference = format!("{}/shared:latest", front.host());
     let w = Wharf::start(WHARF.as_ref(), WharfOptions::default()).expect("start wharf serve");
     let data_layer = &image.layers[1].blob;
