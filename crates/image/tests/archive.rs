@@ -576,3 +576,47 @@ async fn hostile_member_names_and_links_out_of_a_layout_are_never_followed() -> 
     assert!(env.tmp_entries().is_empty());
     Ok(())
 }
+
+#[tokio::test]
+async fn an_archive_over_the_image_size_cap_is_refused_before_copying() -> anyhow::Result<()> {
+    if !require_root("an_archive_over_the_image_size_cap_is_refused_before_copying") {
+        return Ok(());
+    }
+    let env = Env::new()?;
+    // Bytes nobody can compress: the layer's blob is as large as what it unpacks to.
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let noise: Vec<u8> = (0..(256 << 10))
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let (built, _) = env
+        .push(
+            "big",
+            "v1",
+            two_layers("big").layer(Layer::new(vec![Entry::file("noise", noise)])),
+        )
+        .await?;
+    let layout = env.dir.path().join("layout");
+    if skopeo_copy(&env, "big:v1", &format!("oci:{}", layout.display()), false)?.is_none() {
+        return Ok(());
+    }
+    env.store.set_max_image_bytes(128 << 10);
+    let err = pull(&env, &format!("oci:{}", layout.display()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ImageErrorKind::TooLarge, "{err}");
+    assert!(
+        err.to_string().contains("compressed size") && err.to_string().contains("--max-image-size"),
+        "{err}"
+    );
+    let blobs = env.store_root().join("blobs/sha256");
+    for layer in &built.layers {
+        let hex = layer.blob.digest.strip_prefix("sha256:").unwrap();
+        assert!(!blobs.join(hex).exists(), "{hex} was copied");
+    }
+    Ok(())
+}

@@ -39,7 +39,8 @@ use sha2::{Digest as _, Sha256};
 
 use super::{
     ImageStore, MAX_CONCURRENT_LAYER_PULLS, MAX_CONFIG_BYTES, MAX_LAYERS_PER_IMAGE,
-    descriptor_size, layer_too_large, parse_config, parse_digest, parse_document, unpack_error,
+    descriptor_size, image_too_large, layer_too_large, parse_config, parse_digest, parse_document,
+    unpack_error,
 };
 use crate::blobs::WriteError;
 use crate::digest::Digest;
@@ -596,7 +597,7 @@ impl ImageStore {
     pub(super) async fn pull_archive(&self, src: ArchiveReference) -> Result<Image, ImageError> {
         let started = Instant::now();
         let src = Arc::new(src);
-        let (container, plan) = {
+        let (container, plan, stored) = {
             let (store, src) = (self.clone(), src.clone());
             blocking(move || {
                 let c = Container::open(&src)?;
@@ -604,12 +605,36 @@ impl ImageStore {
                     ArchiveTransport::DockerArchive => store.plan_docker(&c, &src)?,
                     _ => plan_oci(&c, &src)?,
                 };
-                Ok((Arc::new(c), plan))
+                // What the layers take in the archive (a Docker archive's by member size).
+                let stored: u64 = plan
+                    .layers
+                    .iter()
+                    .map(|l| match l.size {
+                        Some(size) => size,
+                        None => c
+                            .member(&l.member)
+                            .ok()
+                            .flatten()
+                            .map_or(0, |(_, size)| size),
+                    })
+                    .sum();
+                Ok((Arc::new(c), plan, stored))
             })
             .await?
         };
+        let max_image_bytes = self.max_image_bytes();
+        // Layers unpack to at least what they take compressed: refuse before copying any when
+        // these alone are over the cap.
+        if stored > max_image_bytes {
+            return Err(image_too_large(
+                &src,
+                None,
+                "the compressed size",
+                max_image_bytes,
+            ));
+        }
         // One budget for the image's layers together (`wharf serve --max-image-size`).
-        let budget = Arc::new(ImageBudget::new(self.max_image_bytes()));
+        let budget = Arc::new(ImageBudget::new(max_image_bytes));
         let done: Vec<LayerDone> = futures::stream::iter(plan.layers)
             .map(|layer| self.archive_layer(container.clone(), src.clone(), layer, budget.clone()))
             .buffered(MAX_CONCURRENT_LAYER_PULLS)
