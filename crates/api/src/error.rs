@@ -123,6 +123,7 @@ impl From<InvokeError> for ApiError {
             }
             InvokeError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "FunctionTimeout"),
             InvokeError::Crashed { .. } => (StatusCode::BAD_GATEWAY, "FunctionCrashed"),
+            InvokeError::OutOfMemory { .. } => (StatusCode::BAD_GATEWAY, "FunctionOutOfMemory"),
             InvokeError::Unreachable { .. } => (StatusCode::BAD_GATEWAY, "InstanceUnreachable"),
             InvokeError::ResponseTooLarge { .. } => {
                 (StatusCode::BAD_GATEWAY, "FunctionResponseTooLarge")

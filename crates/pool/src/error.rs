@@ -68,6 +68,17 @@ pub enum InvokeError {
         exit: Option<ExitInfo>,
         output: String,
     },
+    #[error(
+        "function {name}: the instance ran out of memory: its limit is {limit_mb} MB{peak}; \
+         raise memory_mb (instance {instance} was killed and will be replaced)",
+        peak = peak_mb.map(|p| format!(", it peaked at {p} MB")).unwrap_or_default()
+    )]
+    OutOfMemory {
+        name: String,
+        instance: String,
+        limit_mb: u32,
+        peak_mb: Option<u64>,
+    },
     #[error("function {name}: instance {instance} could not be reached: {reason}")]
     Unreachable {
         name: String,
@@ -90,6 +101,7 @@ impl InvokeError {
         match self {
             InvokeError::Timeout { .. }
             | InvokeError::Crashed { .. }
+            | InvokeError::OutOfMemory { .. }
             | InvokeError::Unreachable { .. }
             | InvokeError::ResponseTooLarge { .. }
             | InvokeError::Internal { .. } => true,

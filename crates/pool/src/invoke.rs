@@ -230,6 +230,26 @@ async fn broken(instance: &PoolInstance, reason: String) -> InvokeError {
         .await
         .ok();
     match exit {
+        // Read before the instance is stopped: stopping removes its cgroup.
+        Some(_) if instance.sandbox().oom_killed() => {
+            let limit_mb = instance.revision.spec.memory_mb;
+            let peak_mb = instance
+                .sandbox()
+                .memory_peak_bytes()
+                .map(|b| b.div_ceil(1024 * 1024));
+            let e = InvokeError::OutOfMemory {
+                name,
+                instance: id,
+                limit_mb,
+                peak_mb,
+            };
+            instance
+                .revision
+                .spec
+                .log
+                .system(instance.id(), &e.to_string());
+            e
+        }
         Some(exit) => InvokeError::Crashed {
             name,
             instance: id,

@@ -125,6 +125,20 @@ impl Instance {
             .peak_bytes
     }
 
+    /// Whether the kernel's OOM killer has killed a process of the instance's cgroup (its
+    /// counter is read from the cgroup, which lives until [`Instance::stop`]).
+    pub fn oom_killed(&self) -> bool {
+        self.sandbox
+            .cgroups
+            .memory_stats(
+                self.sandbox.host.as_ref(),
+                &self.sandbox.config.cgroup_parent,
+                &self.id,
+            )
+            .oom_kills
+            .is_some_and(|n| n > 0)
+    }
+
     /// How long the phases of the start took.
     pub fn timings(&self) -> StartTimings {
         self.timings

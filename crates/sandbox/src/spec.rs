@@ -4,21 +4,29 @@
 //! device rules, minus the small default capability set (an instance gets **no**
 //! capabilities), plus a cgroup namespace, a new network namespace (loopback only), explicit
 //! `cgroupsPath` under the Wharf-owned parent, memory (+swap, so swap cannot extend it) and pids
-//! limits, and `RLIMIT_NOFILE` clamped to this host's hard limit: the runtime cannot raise it
+//! limits, a CPU share proportional to the memory limit ([`cpu_shares`]), and `RLIMIT_NOFILE` clamped to this host's hard limit: the runtime cannot raise it
 //! above that without `CAP_SYS_RESOURCE`, and fails with "setrlimit … operation not permitted".
 
 use std::path::Path;
 
 use oci_spec::OciSpecError;
 use oci_spec::runtime::{
-    LinuxBuilder, LinuxCapabilities, LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxNamespace,
-    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount,
-    MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec,
-    SpecBuilder, UserBuilder,
+    LinuxBuilder, LinuxCapabilities, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxMemoryBuilder,
+    LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
+    LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType,
+    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
 /// `RLIMIT_NOFILE` an instance asks for; clamped to the host's hard limit.
 pub(crate) const DEFAULT_NOFILE: u64 = 65_536;
+
+/// CPU share per MiB of memory limit: `cpu.shares` = memory in MiB (1024, the kernel's default
+/// weight, per GiB), clamped to the kernel's range. On cgroup v2 the runtime converts shares
+/// to `cpu.weight`. No quota: a share only matters under contention, a quota would slow every
+/// small function even on an idle host.
+pub(crate) fn cpu_shares(memory_limit_bytes: u64) -> Option<u64> {
+    (memory_limit_bytes > 0).then(|| (memory_limit_bytes >> 20).clamp(2, 262_144))
+}
 
 /// The `PATH` added when the image's environment has none (Docker's default).
 pub(crate) const DEFAULT_PATH: &str =
@@ -133,6 +141,9 @@ pub(crate) fn build(p: &SpecParams<'_>) -> Result<Spec, OciSpecError> {
             memory = memory.swap(limit);
         }
         resources = resources.memory(memory.build()?);
+    }
+    if let Some(shares) = cpu_shares(p.memory_limit_bytes) {
+        resources = resources.cpu(LinuxCpuBuilder::default().shares(shares).build()?);
     }
     if p.pids_limit > 0 {
         resources = resources.pids(LinuxPidsBuilder::default().limit(p.pids_limit).build()?);
@@ -305,6 +316,7 @@ mod tests {
         assert_eq!(linux["resources"]["memory"]["limit"], 128 << 20);
         assert_eq!(linux["resources"]["memory"]["swap"], 128 << 20);
         assert_eq!(linux["resources"]["pids"]["limit"], 64);
+        assert_eq!(linux["resources"]["cpu"]["shares"], 128);
         let ns: Vec<_> = linux["namespaces"]
             .as_array()
             .unwrap()
@@ -329,6 +341,7 @@ mod tests {
         let json = serde_json::to_value(build(&p).unwrap()).unwrap();
         assert!(json["linux"]["resources"].get("memory").is_none());
         assert!(json["linux"]["resources"].get("pids").is_none());
+        assert!(json["linux"]["resources"].get("cpu").is_none());
         assert!(json.get("hostname").is_none());
 
         let mut p = params(&args, Path::new("/r"));
@@ -341,6 +354,11 @@ mod tests {
     fn env_defaults_do_not_override() {
         let env = instance_env(&["HOME=/x".into(), "PATH=/bin".into()], "/home/app");
         assert_eq!(env, ["HOME=/x", "PATH=/bin"]);
+        assert_eq!(cpu_shares(0), None);
+        assert_eq!(cpu_shares(64 << 20), Some(64));
+        assert_eq!(cpu_shares(1 << 30), Some(1024));
+        assert_eq!(cpu_shares(1 << 20), Some(2));
+        assert_eq!(cpu_shares(1 << 40), Some(262_144));
         assert_eq!(clamp_nofile(65_536, None), 65_536);
         assert_eq!(clamp_nofile(65_536, Some(1024)), 1024);
     }

@@ -123,6 +123,10 @@ pub struct ServeArgs {
     /// Seconds a new instance may take to listen [default: the contract's, 120 for fc]
     #[arg(long)]
     pub start_deadline: Option<u64>,
+    /// Processes and threads one instance may have at most (its cgroup's pids limit); a fork
+    /// bomb stops there
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(i64).range(1..))]
+    pub pids_limit: i64,
     /// Threads that run the API and the invocations (blocking work has threads of its own).
     /// One keeps a warm invocation on one thread, with no hand-offs between threads; more
     /// spread the API over cores under heavy load

@@ -88,6 +88,7 @@ pub async fn run(global: Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
             idle_timeout: Duration::from_secs(args.idle_timeout),
             stop_grace: Duration::from_secs(args.stop_grace),
             start_deadline: args.start_deadline.map(Duration::from_secs),
+            pids_limit: args.pids_limit,
             ..PoolConfig::default()
         },
     );

@@ -5,7 +5,8 @@
 //! Start-up, from the environment:
 //! - `TESTFN_PORT` (else `FC_SERVER_PORT`, else 9000): the port; `TESTFN_BIND` (default
 //!   `0.0.0.0`): the address.
-//! - `TESTFN_MODE=never-listen`: print a line and never listen; `exit`: print a line and exit 3.
+//! - `TESTFN_MODE=never-listen`: print a line and never listen; `exit`: print a line and exit 3;
+//!   `sleep`: sleep until killed (the children of the `fork` command).
 //! - `TESTFN_INIT_STATUS`: status `/initialize` answers (default 200).
 //! - `TESTFN_IGNORE_SIGTERM=1`: do not handle SIGTERM (as pid 1, it is then ignored).
 //! - `TESTFN_KEEPALIVE_MS`: close a connection that sends no request for this long (as Node's
@@ -22,6 +23,11 @@
 //! - `{"cmd": "respond-headers", "headers": {"k": "v"}}` → 200 with those response headers
 //! - `{"cmd": "print", "stdout": "...", "stderr": "..."}` → prints them, answers `printed`
 //! - `{"cmd": "exit", "code": 3}` → exits without answering
+//! - `{"cmd": "alloc", "mb": 200}` → allocates and touches that many MiB, frees them, answers
+//!   `allocated 200 MiB` (past the memory limit, the OOM killer ends the instance instead)
+//! - `{"cmd": "fork", "n": 2000}` → starts up to `n` sleeping child processes (itself, with
+//!   `TESTFN_MODE=sleep`), stops at the first failure, kills and reaps them all, answers
+//!   `{"started": k, "error": "<first failure>" | null}`
 //! - anything else → echoed back
 
 use std::collections::BTreeMap;
@@ -195,8 +201,46 @@ async fn invoke(headers: BTreeMap<String, String>, body: Bytes) -> Response<Full
             say(&format!("testfn: exiting with {code} on request"));
             std::process::exit(code);
         }
+        Some("alloc") => {
+            let mb = event.get("mb").and_then(Value::as_u64).unwrap_or(64) as usize;
+            // Non-zero bytes: every page is written, so every page is charged.
+            let block = std::hint::black_box(vec![1u8; mb << 20]);
+            drop(block);
+            reply(200, format!("allocated {mb} MiB\n"))
+        }
+        Some("fork") => {
+            let n = event.get("n").and_then(Value::as_u64).unwrap_or(100);
+            reply(200, fork(n).to_string())
+        }
         _ => reply(200, body),
     }
+}
+
+/// Starts up to `n` sleeping children, then kills and reaps them all.
+fn fork(n: u64) -> Value {
+    let mut children = Vec::new();
+    let mut error = None;
+    for _ in 0..n {
+        match std::process::Command::new("/proc/self/exe")
+            .env("TESTFN_MODE", "sleep")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+        {
+            Ok(child) => children.push(child),
+            Err(e) => {
+                error = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let started = children.len();
+    for mut child in children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    json!({"started": started, "error": error})
 }
 
 fn main() {
@@ -214,6 +258,9 @@ fn main() {
                 std::thread::sleep(Duration::from_secs(3600));
             }
         }
+        "sleep" => loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        },
         "exit" => {
             complain("testfn: told to exit at once");
             std::process::exit(3);

@@ -1,0 +1,217 @@
+//! Instance limits through the real daemon: memory (an OOM kill is reported with the limit and
+//! the peak, and the instance is replaced), the CPU share that follows the memory size, and the
+//! pids limit that stops a fork bomb without harming Wharf.
+
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+use wharf_test_support::daemon::{ApiResponse, Wharf, WharfOptions};
+use wharf_test_support::registry::Registry;
+use wharf_test_support::testfn::push_testfn;
+
+const WHARF: &str = env!("CARGO_BIN_EXE_wharf");
+
+struct Env {
+    _registry: Registry,
+    wharf: Wharf,
+    image: String,
+}
+
+fn needs_root() -> bool {
+    if rustix::process::geteuid().is_root() {
+        return false;
+    }
+    eprintln!("skipped: needs root (wharf serve mounts filesystems and creates cgroups)");
+    true
+}
+
+async fn env(options: WharfOptions) -> Env {
+    let registry = Registry::start().expect("start the registry");
+    push_testfn(&registry.host(), "hello", "latest")
+        .await
+        .expect("push the test function");
+    let wharf = Wharf::start(WHARF.as_ref(), options).expect("start wharf serve");
+    let image = format!("{}/hello:latest", registry.host());
+    Env {
+        _registry: registry,
+        wharf,
+        image,
+    }
+}
+
+impl Env {
+    async fn deploy(&self, name: &str, body: Value) {
+        let resp = self
+            .wharf
+            .api(
+                "PUT",
+                &format!("/v1/functions/{name}"),
+                Some(body.to_string().into_bytes()),
+            )
+            .await;
+        assert!(
+            resp.status == 200 || resp.status == 201,
+            "deploy {name}: {} {}",
+            resp.status,
+            resp.text()
+        );
+    }
+
+    async fn invoke(&self, name: &str, event: Value) -> ApiResponse {
+        self.wharf
+            .api(
+                "POST",
+                &format!("/v1/functions/{name}/invoke"),
+                Some(event.to_string().into_bytes()),
+            )
+            .await
+    }
+
+    /// The first of `files` (relative to the instance's cgroup directory in each hierarchy)
+    /// that exists, and its content.
+    fn cgroup_file(&self, instance: &str, files: &[&str]) -> (PathBuf, String) {
+        let parent = self.wharf.cgroup_parent();
+        let roots = [
+            "/sys/fs/cgroup/cpu",
+            "/sys/fs/cgroup/cpu,cpuacct",
+            "/sys/fs/cgroup/pids",
+            "/sys/fs/cgroup/unified",
+            "/sys/fs/cgroup",
+        ];
+        for root in roots {
+            for file in files {
+                let path = PathBuf::from(root).join(parent).join(instance).join(file);
+                if let Ok(text) = std::fs::read_to_string(&path) {
+                    return (path, text.trim().to_owned());
+                }
+            }
+        }
+        panic!("none of {files:?} found for instance {instance} under {parent}");
+    }
+
+    fn finish(mut self) {
+        self.wharf.stop().expect("stop wharf serve");
+        let left = self.wharf.leftovers();
+        assert!(left.is_empty(), "left behind: {left:#?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_memory_is_reported_with_the_limit_and_the_peak() {
+    if needs_root() {
+        return;
+    }
+    let env = env(WharfOptions::default()).await;
+    env.deploy("hog", json!({"image": env.image, "memory_mb": 64}))
+        .await;
+
+    // Below the limit: fine, on the same instance afterwards.
+    let small = env.invoke("hog", json!({"cmd": "alloc", "mb": 16})).await;
+    assert_eq!(small.status, 200, "{}", small.text());
+    assert_eq!(small.text(), "allocated 16 MiB\n");
+
+    // Past it: the OOM killer ends the instance; the caller is told why, with the numbers.
+    let r = env.invoke("hog", json!({"cmd": "alloc", "mb": 200})).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    let e = r.json();
+    assert_eq!(e["error"]["code"], "FunctionOutOfMemory", "{e}");
+    let msg = e["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.starts_with("function hog: the instance ran out of memory"),
+        "{msg}"
+    );
+    assert!(msg.contains("its limit is 64 MB"), "{msg}");
+    let peak: u64 = msg
+        .split("it peaked at ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no peak in {msg}"));
+    assert!((48..=64).contains(&peak), "peak {peak} MB: {msg}");
+    assert!(msg.contains("raise memory_mb"), "{msg}");
+
+    // The function's log says the same, as a system line.
+    let logs = env
+        .wharf
+        .api("GET", "/v1/functions/hog/logs", None)
+        .await
+        .json();
+    let entries = logs["entries"].as_array().cloned().unwrap_or_default();
+    assert!(
+        entries.iter().any(|l| l["stream"] == "system"
+            && l["message"]
+                .as_str()
+                .is_some_and(|t| t.contains("ran out of memory") && t.contains("64 MB"))),
+        "{logs}"
+    );
+
+    // The next call is served by a new instance.
+    let next = env.invoke("hog", json!({"name": "again"})).await;
+    assert_eq!(next.text(), "Hello, again!\n");
+    assert_eq!(next.header("x-wharf-cold-start").as_deref(), Some("true"));
+    assert_ne!(
+        next.header("x-wharf-instance-id"),
+        small.header("x-wharf-instance-id")
+    );
+    env.finish();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_share_follows_memory_and_a_fork_bomb_stops_at_the_pids_limit() {
+    if needs_root() {
+        return;
+    }
+    let env = env(WharfOptions {
+        extra: vec!["--pids-limit".into(), "40".into()],
+        ..WharfOptions::default()
+    })
+    .await;
+    env.deploy("small", json!({"image": env.image, "memory_mb": 128}))
+        .await;
+    env.deploy("big", json!({"image": env.image, "memory_mb": 1024}))
+        .await;
+
+    // The CPU share is proportional to the memory size: 1024 shares per GiB.
+    let mut shares = Vec::new();
+    for name in ["small", "big"] {
+        let r = env.invoke(name, json!({"name": name})).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let id = r.header("x-wharf-instance-id").unwrap();
+        let (path, value) = env.cgroup_file(&id, &["cpu.shares", "cpu.weight"]);
+        println!("{name}: {} = {value}", path.display());
+        shares.push((path, value.parse::<u64>().unwrap()));
+    }
+    if shares[0].0.ends_with("cpu.shares") {
+        assert_eq!(shares[0].1, 128);
+        assert_eq!(shares[1].1, 1024);
+    } else {
+        // cgroup v2: the runtime converts shares to a weight, in the same proportion.
+        assert!(shares[1].1 > shares[0].1 * 7, "{shares:?}");
+    }
+
+    // A fork bomb stops at the pids limit; the instance and Wharf carry on.
+    let r = env.invoke("small", json!({"name": "x"})).await;
+    let id = r.header("x-wharf-instance-id").unwrap();
+    let (_, max) = env.cgroup_file(&id, &["pids.max"]);
+    assert_eq!(max, "40");
+    let r = env.invoke("small", json!({"cmd": "fork", "n": 500})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let out = r.json();
+    let started = out["started"].as_u64().unwrap();
+    assert!(started > 0 && started < 40, "{out}");
+    assert!(
+        out["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("Resource temporarily unavailable")),
+        "{out}"
+    );
+    let r = env.invoke("small", json!({"name": "after"})).await;
+    assert_eq!(r.text(), "Hello, after!\n");
+    assert_eq!(
+        r.header("x-wharf-instance-id").as_deref(),
+        Some(id.as_str())
+    );
+    let r = env.invoke("big", json!({"name": "other"})).await;
+    assert_eq!(r.text(), "Hello, other!\n");
+    env.finish();
+}
