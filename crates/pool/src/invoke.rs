@@ -35,6 +35,8 @@ pub struct Invocation {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub outcome: Outcome,
+    /// The instance's memory peak so far (its cgroup's, since it started).
+    pub memory_peak_bytes: Option<u64>,
 }
 
 impl Pool {
@@ -172,6 +174,7 @@ async fn serve(
         headers,
         body,
         outcome,
+        memory_peak_bytes: instance.sandbox().memory_peak_now(),
     })
 }
 

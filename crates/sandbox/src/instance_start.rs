@@ -304,6 +304,7 @@ async fn start_steps(
         timings,
         stop_report: tokio::sync::Mutex::new(None),
         stopped: AtomicBool::new(false),
+        peak_file: std::sync::OnceLock::new(),
     })
 }
 

@@ -163,7 +163,26 @@ async fn limits_in_the_cgroup(runtime: RuntimePreference) {
         (48u64 << 20).to_string()
     );
     assert_eq!(std::fs::read_to_string(&pids).unwrap().trim(), "17");
+    // The CPU share follows the memory limit: 1024 per GiB, so 48 for 48 MiB (v2: the
+    // runtime's conversion of 48 shares to a weight, 1 + (48 - 2) * 9999 / 262142 = 2).
+    let (cpu, want) = if cg.join("cpu").is_dir() {
+        (
+            cg.join("cpu")
+                .join(&env.parent)
+                .join(&id)
+                .join("cpu.shares"),
+            "48",
+        )
+    } else {
+        (cg.join(&env.parent).join(&id).join("cpu.weight"), "2")
+    };
+    assert_eq!(std::fs::read_to_string(&cpu).unwrap().trim(), want);
     assert!(inst.memory_peak_bytes().is_some());
+    // The cheap per-call read (a kept file, re-read) sees the same counter, again and again.
+    let first = inst.memory_peak_now().expect("a peak");
+    assert!(first > 0 && first <= 48 << 20, "{first}");
+    assert!(inst.memory_peak_now().unwrap() >= first);
+    assert!(!inst.oom_killed());
     // `runtime start` returns before the init has exec'd: until then it is the runtime's own
     // init (runc's, in Go, dies of SIGTERM with exit code 2). Wait for sleep itself.
     let end = Instant::now() + Duration::from_secs(5);

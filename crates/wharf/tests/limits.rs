@@ -109,6 +109,14 @@ async fn out_of_memory_is_reported_with_the_limit_and_the_peak() {
     let small = env.invoke("hog", json!({"cmd": "alloc", "mb": 16})).await;
     assert_eq!(small.status, 200, "{}", small.text());
     assert_eq!(small.text(), "allocated 16 MiB\n");
+    // Each answer reports the instance's memory peak so far.
+    let peak_header = |r: &ApiResponse| -> u64 {
+        r.header("x-wharf-memory-peak-mb")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no x-wharf-memory-peak-mb in {:?}", r.headers))
+    };
+    let small_peak = peak_header(&small);
+    assert!((17..=64).contains(&small_peak), "peak {small_peak} MB");
 
     // Past it: the OOM killer ends the instance; the caller is told why, with the numbers.
     let r = env.invoke("hog", json!({"cmd": "alloc", "mb": 200})).await;
@@ -149,6 +157,10 @@ async fn out_of_memory_is_reported_with_the_limit_and_the_peak() {
     let next = env.invoke("hog", json!({"name": "again"})).await;
     assert_eq!(next.text(), "Hello, again!\n");
     assert_eq!(next.header("x-wharf-cold-start").as_deref(), Some("true"));
+    assert!(
+        peak_header(&next) < small_peak,
+        "a new instance has a peak of its own"
+    );
     assert_ne!(
         next.header("x-wharf-instance-id"),
         small.header("x-wharf-instance-id")
