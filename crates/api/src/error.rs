@@ -195,6 +195,16 @@ mod tests {
                 "ResourceExhausted",
             ),
             (
+                InvokeError::OutOfMemory {
+                    name: "f".into(),
+                    instance: "i".into(),
+                    limit_mb: 128,
+                    peak_mb: Some(128),
+                },
+                StatusCode::BAD_GATEWAY,
+                "FunctionOutOfMemory",
+            ),
+            (
                 InvokeError::ShuttingDown,
                 StatusCode::SERVICE_UNAVAILABLE,
                 "ShuttingDown",
@@ -206,6 +216,27 @@ mod tests {
             assert_eq!((a.status, a.code), (status, code), "{text}");
             assert!(!a.message.is_empty());
         }
+    }
+
+    #[test]
+    fn out_of_memory_names_the_limit_and_the_peak() {
+        let oom = |peak_mb| InvokeError::OutOfMemory {
+            name: "f".into(),
+            instance: "f-1".into(),
+            limit_mb: 128,
+            peak_mb,
+        };
+        assert_eq!(
+            oom(Some(128)).to_string(),
+            "function f: the instance ran out of memory: its limit is 128 MB, it peaked at \
+             128 MB; raise memory_mb (instance f-1 was killed and will be replaced)"
+        );
+        // No memory controller to read the peak from: the limit alone.
+        assert_eq!(
+            oom(None).to_string(),
+            "function f: the instance ran out of memory: its limit is 128 MB; raise memory_mb \
+             (instance f-1 was killed and will be replaced)"
+        );
     }
 
     #[tokio::test]
