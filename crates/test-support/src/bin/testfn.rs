@@ -26,7 +26,7 @@
 //!   confinement, as JSON: `status` (the `Cap*`, `NoNewPrivs` and `Seccomp` lines of
 //!   `/proc/self/status`), `pids` (the numeric entries of `/proc`), `syscalls` (`"ok"` or the
 //!   error of `unshare(CLONE_NEWUSER)` and `clone(CLONE_NEWUSER)`, each in a child that exits at
-//!   once, and of `keyctl(GET_KEYRING_ID)`), `masked` (bytes readable from `/proc/keys`,
+//!   once, of `keyctl(GET_KEYRING_ID)` and of an empty `clone3`), `masked` (bytes readable from `/proc/keys`,
 //!   `/proc/kcore`, `/proc/timer_list`, or the error), `connect` (per address: `"connected"` or
 //!   the error of a TCP connect with a 1 s timeout)
 //! - anything else → echoed back
@@ -286,6 +286,9 @@ fn probe(event: &Value) -> Value {
         // KEYCTL_GET_KEYRING_ID (0) of KEY_SPEC_SESSION_KEYRING (-3), not creating it.
         // SAFETY: a plain syscall with integer arguments.
         "keyctl": outcome(unsafe { libc::syscall(libc::SYS_keyctl, 0, -3 as libc::c_long, 0) }),
+        // No arguments (size 0): the kernel refuses it with EINVAL before doing anything.
+        // SAFETY: as above.
+        "clone3": outcome(unsafe { libc::syscall(libc::SYS_clone3, 0, 0) }),
     });
     let masked: BTreeMap<&str, String> = ["/proc/keys", "/proc/kcore", "/proc/timer_list"]
         .into_iter()
