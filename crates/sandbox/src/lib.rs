@@ -50,6 +50,7 @@ mod recover;
 mod rootfs;
 mod runtime;
 mod sandbox;
+mod seccomp;
 mod spec;
 mod user;
 

@@ -3,8 +3,9 @@
 //! Close to runc's default spec (`runc spec`): the same mounts, masked and read-only paths and
 //! device rules, minus the small default capability set (an instance gets **no**
 //! capabilities), plus a cgroup namespace, a new network namespace (loopback only), explicit
-//! `cgroupsPath` under the Wharf-owned parent, memory (+swap, so swap cannot extend it) and pids
-//! limits, a CPU share proportional to the memory limit ([`cpu_shares`]), and `RLIMIT_NOFILE` clamped to this host's hard limit: the runtime cannot raise it
+//! `cgroupsPath` under the Wharf-owned parent, the default seccomp profile (`seccomp.rs`),
+//! memory (+swap, so swap cannot extend it) and pids limits, a CPU share proportional to the
+//! memory limit ([`cpu_shares`]), and `RLIMIT_NOFILE` clamped to this host's hard limit: the runtime cannot raise it
 //! above that without `CAP_SYS_RESOURCE`, and fails with "setrlimit … operation not permitted".
 
 use std::path::Path;
@@ -153,6 +154,7 @@ pub(crate) fn build(p: &SpecParams<'_>) -> Result<Spec, OciSpecError> {
         .resources(resources.build()?)
         .cgroups_path(p.cgroups_path.clone())
         .namespaces(namespaces()?)
+        .seccomp(crate::seccomp::default_profile()?)
         .masked_paths(
             MASKED_PATHS
                 .iter()
@@ -327,6 +329,8 @@ mod tests {
             })
             .collect();
         assert_eq!(ns, ["pid", "mount", "ipc", "uts", "network", "cgroup"]);
+        assert_eq!(linux["seccomp"]["defaultAction"], "SCMP_ACT_ALLOW");
+        assert!(linux["seccomp"]["syscalls"].as_array().unwrap().len() > 1);
         assert_eq!(json["hostname"], "fn-hello");
         assert_eq!(json["root"]["path"], "/r");
     }

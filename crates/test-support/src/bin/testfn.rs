@@ -28,6 +28,13 @@
 //! - `{"cmd": "fork", "n": 2000}` → starts up to `n` sleeping child processes (itself, with
 //!   `TESTFN_MODE=sleep`), stops at the first failure, kills and reaps them all, answers
 //!   `{"started": k, "error": "<first failure>" | null}`
+//! - `{"cmd": "probe", "connect": ["127.0.0.1:9800"]}` → what the function sees of its
+//!   confinement, as JSON: `status` (the `Cap*`, `NoNewPrivs` and `Seccomp` lines of
+//!   `/proc/self/status`), `pids` (the numeric entries of `/proc`), `syscalls` (`"ok"` or the
+//!   error of `unshare(CLONE_NEWUSER)` and `clone(CLONE_NEWUSER)`, each in a child that exits at
+//!   once, of `keyctl(GET_KEYRING_ID)` and of an empty `clone3`), `masked` (bytes readable from `/proc/keys`,
+//!   `/proc/kcore`, `/proc/timer_list`, or the error), `connect` (per address: `"connected"` or
+//!   the error of a TCP connect with a 1 s timeout)
 //! - anything else → echoed back
 
 use std::collections::BTreeMap;
@@ -212,6 +219,7 @@ async fn invoke(headers: BTreeMap<String, String>, body: Bytes) -> Response<Full
             let n = event.get("n").and_then(Value::as_u64).unwrap_or(100);
             reply(200, fork(n).to_string())
         }
+        Some("probe") => reply(200, probe(&event).to_string()),
         _ => reply(200, body),
     }
 }
@@ -241,6 +249,125 @@ fn fork(n: u64) -> Value {
         let _ = child.wait();
     }
     json!({"started": started, "error": error})
+}
+
+/// `"ok"` or the error of a syscall's return value.
+fn outcome(ret: libc::c_long) -> String {
+    if ret >= 0 {
+        "ok".into()
+    } else {
+        std::io::Error::last_os_error().to_string()
+    }
+}
+
+/// Run `call` in a child (`clone` as `fork`, from the raw syscall) that exits at once with its
+/// errno (0 = it succeeded), so that nothing it changes touches this process.
+fn in_child(call: fn() -> libc::c_long) -> String {
+    // SAFETY: the child calls only async-signal-safe functions (a syscall and `_exit`).
+    let pid = unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_long, 0, 0, 0, 0) };
+    if pid == 0 {
+        let ret = call();
+        let code = if ret >= 0 {
+            0
+        } else {
+            std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(255)
+        };
+        // SAFETY: ends the child without running anything of the parent's.
+        unsafe { libc::_exit(code) };
+    }
+    if pid < 0 {
+        return format!("fork failed: {}", std::io::Error::last_os_error());
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child just created.
+    unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
+    match libc::WEXITSTATUS(status) {
+        0 => "ok".into(),
+        errno => std::io::Error::from_raw_os_error(errno).to_string(),
+    }
+}
+
+fn probe(event: &Value) -> Value {
+    let status: BTreeMap<String, String> = std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| k.starts_with("Cap") || *k == "NoNewPrivs" || *k == "Seccomp")
+        .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+        .collect();
+    let mut pids: Vec<u64> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    pids.sort_unstable();
+    let syscalls = json!({
+        // SAFETY: plain syscalls with integer arguments, in a child.
+        "unshare_newuser": in_child(|| unsafe {
+            libc::syscall(libc::SYS_unshare, libc::CLONE_NEWUSER as libc::c_long)
+        }),
+        "clone_newuser": in_child(|| {
+            // SAFETY: as `fork`; a grandchild, if created, exits at once.
+            let pid = unsafe {
+                libc::syscall(
+                    libc::SYS_clone,
+                    (libc::CLONE_NEWUSER | libc::SIGCHLD) as libc::c_long,
+                    0,
+                    0,
+                    0,
+                    0,
+                )
+            };
+            if pid == 0 {
+                // SAFETY: ends the grandchild.
+                unsafe { libc::_exit(0) };
+            }
+            pid
+        }),
+        // KEYCTL_GET_KEYRING_ID (0) of KEY_SPEC_SESSION_KEYRING (-3), not creating it.
+        // SAFETY: a plain syscall with integer arguments.
+        "keyctl": outcome(unsafe { libc::syscall(libc::SYS_keyctl, 0, -3 as libc::c_long, 0) }),
+        // No arguments (size 0): the kernel refuses it with EINVAL before doing anything.
+        // SAFETY: as above.
+        "clone3": outcome(unsafe { libc::syscall(libc::SYS_clone3, 0, 0) }),
+    });
+    let masked: BTreeMap<&str, String> = ["/proc/keys", "/proc/kcore", "/proc/timer_list"]
+        .into_iter()
+        .map(|path| {
+            let seen = match std::fs::read(path) {
+                Ok(bytes) => format!("{} bytes", bytes.len()),
+                Err(e) => e.to_string(),
+            };
+            (path, seen)
+        })
+        .collect();
+    let connect: BTreeMap<String, String> = event
+        .get("connect")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(|addr| {
+            let result = match addr.parse::<SocketAddr>() {
+                Ok(a) => match std::net::TcpStream::connect_timeout(&a, Duration::from_secs(1)) {
+                    Ok(_) => "connected".to_string(),
+                    Err(e) => e.to_string(),
+                },
+                Err(e) => format!("bad address: {e}"),
+            };
+            (addr.to_owned(), result)
+        })
+        .collect();
+    json!({
+        "status": status,
+        "pids": pids,
+        "syscalls": syscalls,
+        "masked": masked,
+        "connect": connect,
+    })
 }
 
 fn main() {
