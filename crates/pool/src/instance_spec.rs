@@ -117,7 +117,12 @@ pub(crate) fn build(
         memory_limit_bytes: u64::from(spec.memory_mb) * 1024 * 1024,
         writable_layer_bytes: config.writable_layer_bytes,
         pids_limit: config.pids_limit,
+        read_only_rootfs: false,
+        forbid_root: false,
+        mounts: vec![],
+        network: Default::default(),
         output: spec.log.clone(),
+        events: None,
     })
 }
 

@@ -54,6 +54,7 @@ mod seccomp;
 mod spec;
 mod user;
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,6 +81,77 @@ pub struct SandboxConfig {
     /// Name of the Wharf-owned parent cgroup; instances get `/<parent>/<instance-id>`.
     pub cgroup_parent: String,
     pub runtime: RuntimePreference,
+    /// The bridge that [`NetworkMode::Bridge`] instances are attached to. Nothing of it exists
+    /// on the host until the first such instance starts.
+    pub bridge: BridgeConfig,
+}
+
+/// Where bridge-mode instances get their outbound access: a Wharf-owned Linux bridge with the
+/// first address of `subnet`, NAT to the host's other interfaces, and one veth pair per
+/// instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BridgeConfig {
+    /// The bridge's interface name (at most 15 bytes); the nftables table is named after it.
+    pub name: String,
+    /// The instances' subnet, e.g. `10.250.0.0/16`; the bridge takes its first address.
+    pub subnet: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+impl Default for BridgeConfig {
+    fn default() -> Self {
+        BridgeConfig {
+            name: "wharf0".into(),
+            subnet: Ipv4Addr::new(10, 250, 0, 0),
+            prefix_len: 16,
+        }
+    }
+}
+
+/// How an instance reaches the network.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NetworkMode {
+    /// Its own network namespace with loopback only: nothing outside the instance is reachable.
+    #[default]
+    None,
+    /// Also a veth pair on the Wharf-owned bridge ([`BridgeConfig`]), with NAT for outbound
+    /// traffic. The host's own addresses and other instances stay unreachable.
+    Bridge,
+}
+
+/// A host path bind-mounted into an instance (the seeds' "external data disk").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BindMount {
+    /// Absolute path on the host: a directory or a regular file.
+    pub source: PathBuf,
+    /// Absolute path inside the instance.
+    pub target: String,
+    pub read_only: bool,
+}
+
+/// Something that happened to an instance, for the pool and the logs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InstanceEvent {
+    /// The runtime started the init.
+    Started { pid: u32, timings: StartTimings },
+    /// Its processes are frozen (cgroup freezer), after `took`.
+    Frozen { took: Duration },
+    /// Thawed, after `took`.
+    Thawed { took: Duration },
+    /// The kernel's OOM killer killed a process of the instance (the count so far).
+    OomKill { kills: u64 },
+    /// The init ended.
+    Exited(ExitInfo),
+    /// Stopped and removed; the numbers are the stop report's.
+    Removed {
+        memory_peak_bytes: Option<u64>,
+        oom_killed: bool,
+    },
+}
+
+/// Receives instance events. Called from the sandbox's tasks; must not block for long.
+pub trait EventSink: Send + Sync + 'static {
+    fn event(&self, instance_id: &str, event: &InstanceEvent);
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -170,7 +242,16 @@ pub struct InstanceSpec {
     pub writable_layer_bytes: u64,
     /// 0 or negative = no pids limit.
     pub pids_limit: i64,
+    /// The image's files read-only: only `/tmp` (always writable, on the writable layer) and
+    /// read-write mounts can be written.
+    pub read_only_rootfs: bool,
+    /// Refuse to start when the user resolves to uid 0 (the contract forbids root).
+    pub forbid_root: bool,
+    pub mounts: Vec<BindMount>,
+    pub network: NetworkMode,
     pub output: Arc<dyn OutputSink>,
+    /// `None`: events only go to `tracing`.
+    pub events: Option<Arc<dyn EventSink>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

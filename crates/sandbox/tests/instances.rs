@@ -372,6 +372,7 @@ async fn crash_recovery(runtime: RuntimePreference) {
         state_dir: tmp.path().join("state"),
         cgroup_parent: parent.clone(),
         runtime,
+        bridge: Default::default(),
     })
     .unwrap();
     let report = sandbox.recover().await.unwrap();

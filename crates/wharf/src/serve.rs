@@ -65,6 +65,7 @@ pub async fn run(global: Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
             RuntimeArg::Crun => RuntimePreference::Crun,
             RuntimeArg::Runc => RuntimePreference::Runc,
         },
+        bridge: Default::default(),
     })?;
     let rt = sandbox.runtime();
     info!(

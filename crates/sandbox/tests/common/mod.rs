@@ -128,6 +128,7 @@ impl Drop for PanicCleanup {
             state_dir: self.state_dir.clone(),
             cgroup_parent: self.parent.clone(),
             runtime: self.runtime,
+            bridge: Default::default(),
         };
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -161,6 +162,7 @@ impl Env {
             state_dir: tmp.path().join("state"),
             cgroup_parent: parent.clone(),
             runtime,
+            bridge: Default::default(),
         })
         .unwrap();
         println!("runtime: {}", sandbox.runtime());
@@ -194,7 +196,12 @@ impl Env {
             memory_limit_bytes: 64 << 20,
             writable_layer_bytes: 16 << 20,
             pids_limit: 32,
+            read_only_rootfs: false,
+            forbid_root: false,
+            mounts: vec![],
+            network: Default::default(),
             output: self.lines.clone(),
+            events: None,
         }
     }
 
