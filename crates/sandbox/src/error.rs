@@ -1,14 +1,15 @@
 //! Error types, one enum per operation: [`SandboxError`] for set-up, recovery and shutdown,
-//! [`StartError`] for [`crate::Sandbox::start`]. Variants carry the instance id, the paths and,
+//! [`StartError`] for [`crate::Sandbox::start`], [`FreezeError`] for
+//! [`crate::Instance::freeze`] and [`crate::Instance::thaw`]. Variants carry the instance id, the paths and,
 //! for runtime failures, the runtime's own message (from its JSON log, not the function's
 //! output).
 
 use std::io;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use crate::RuntimeKind;
 use crate::user::UserError;
-
+use crate::{ExitInfo, RuntimeKind};
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
     #[error("invalid sandbox config: {reason}")]
@@ -235,6 +236,89 @@ impl StartError {
             | StartError::Pidfd { id, .. }
             | StartError::Netns { id, .. }
             | StartError::Cleanup { id, .. } => id,
+        }
+    }
+}
+
+/// Freezing or thawing an instance through its cgroup freezer.
+#[derive(Debug, thiserror::Error)]
+pub enum FreezeError {
+    #[error("instance {id} has exited ({exit}): there is nothing to freeze; stop it")]
+    Exited { id: String, exit: ExitInfo },
+
+    #[error("instance {id} is being stopped: it cannot be frozen any more")]
+    Stopped { id: String },
+
+    #[error("instance {id} has no cgroup freezer: mount the v1 freezer hierarchy or use cgroup v2")]
+    NoFreezer { id: String },
+
+    #[error("failed to open the freezer file {path} of instance {id}")]
+    Open {
+        id: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("failed to write {value} to {path} for instance {id}")]
+    Write {
+        id: String,
+        path: PathBuf,
+        value: &'static str,
+        #[source]
+        source: io::Error,
+    },
+
+    /// The freeze was undone (best effort: the cgroup is likely gone).
+    #[error("failed to read the freezer state {path} of instance {id}")]
+    Read {
+        id: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    /// The kernel did not report every task frozen in time; the instance was thawed again.
+    #[error(
+        "instance {id} did not freeze within {waited:?} (the kernel still reported {state}); it was thawed again: retry later or stop it"
+    )]
+    Timeout {
+        id: String,
+        waited: Duration,
+        state: String,
+    },
+
+    /// The freeze failed and thawing back failed too: both are kept.
+    #[error(
+        "instance {id} did not freeze within {waited:?} (the kernel still reported {state}) and writing THAWED to {path} failed: it may be left frozen, stop it"
+    )]
+    Stuck {
+        id: String,
+        waited: Duration,
+        state: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    /// A thaw or a stop came while the freeze was waiting for the kernel.
+    #[error("freezing instance {id} was cancelled by a thaw or a stop")]
+    Cancelled { id: String },
+}
+
+impl FreezeError {
+    /// The id of the instance.
+    pub fn instance_id(&self) -> &str {
+        match self {
+            FreezeError::Exited { id, .. }
+            | FreezeError::Stopped { id }
+            | FreezeError::NoFreezer { id }
+            | FreezeError::Open { id, .. }
+            | FreezeError::Write { id, .. }
+            | FreezeError::Read { id, .. }
+            | FreezeError::Timeout { id, .. }
+            | FreezeError::Stuck { id, .. }
+            | FreezeError::Cancelled { id } => id,
         }
     }
 }

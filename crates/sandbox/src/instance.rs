@@ -34,6 +34,12 @@ pub struct Instance {
     /// The cgroup's peak file, opened on first use and re-read with `pread`: 0.7 µs a read
     /// here, against 9 µs for open + read + close.
     pub(crate) peak_file: OnceLock<Option<File>>,
+    /// Frozen or not, and the freezer files kept open (`instance_freeze`).
+    pub(crate) freezer: crate::instance_freeze::Freezer,
+    pub(crate) events: crate::events::Events,
+    /// The OOM watcher, ended by the stop (`oom`). `None` without a memory controller or when
+    /// it could not be registered.
+    pub(crate) oom_watch: std::sync::Mutex<Option<crate::oom::OomWatch>>,
 }
 
 impl std::fmt::Debug for Instance {
@@ -164,8 +170,9 @@ impl Instance {
         self.timings
     }
 
-    /// SIGTERM, up to `grace` for the init to exit, SIGKILL; then delete the container,
-    /// unmount, remove the bundle. Idempotent: later calls return the first call's report.
+    /// Thaw if frozen; SIGTERM, up to `grace` for the init to exit, SIGKILL; then delete the
+    /// container, unmount, remove the bundle. Idempotent: later calls return the first call's
+    /// report.
     pub async fn stop(&self, grace: Duration) -> StopReport {
         crate::instance_stop::stop(self, grace).await
     }

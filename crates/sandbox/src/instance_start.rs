@@ -248,12 +248,15 @@ async fn start_steps(
             source,
         })?;
     let pidfd = Arc::new(pidfd);
-    let exit =
-        crate::reaper::watch_exit(id, pid, pidfd.clone()).map_err(|source| StartError::Pidfd {
+    // The exit watcher reports `Exited` once it is armed, at the end of a successful start.
+    let (arm_exit, armed) = tokio::sync::oneshot::channel();
+    let exit = crate::reaper::watch_exit(id, pid, pidfd.clone(), armed).map_err(|source| {
+        StartError::Pidfd {
             id: id.to_owned(),
             pid,
             source,
-        })?;
+        }
+    })?;
     let netns_path = format!("/proc/{pid}/ns/net");
     let netns: OwnedFd =
         crate::netns::open_ns(&netns_path).map_err(|source| StartError::Netns {
@@ -292,7 +295,7 @@ async fn start_steps(
         total: started.elapsed(),
     };
     debug!(instance = %id, pid, ?timings, "instance started");
-    Ok(Instance {
+    let instance = Instance {
         sandbox: sb.clone(),
         id: id.to_owned(),
         pid,
@@ -305,7 +308,13 @@ async fn start_steps(
         stop_report: tokio::sync::Mutex::new(None),
         stopped: AtomicBool::new(false),
         peak_file: std::sync::OnceLock::new(),
-    })
+        freezer: Default::default(),
+        events: crate::events::Events::new(id, spec.events.clone()),
+        oom_watch: Default::default(),
+    };
+    // `Started`, arm the exit watcher, start the OOM watcher.
+    crate::events::announce_started(&instance, arm_exit);
+    Ok(instance)
 }
 
 fn runtime_exec_err(

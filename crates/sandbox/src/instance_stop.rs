@@ -1,16 +1,19 @@
 //! Stopping an instance and removing every trace of it:
 //!
-//! 1. SIGTERM to the init through its pidfd; up to `grace` for it to exit; SIGKILL; wait.
+//! 1. Thaw a frozen instance (frozen v1 tasks act on no signal, not even SIGKILL, until
+//!    thawed; a stop must not wait out the grace for that), and allow no freeze from here on.
+//!    SIGTERM to the init through its pidfd; up to `grace` for it to exit; SIGKILL; wait.
 //!    (A pid-namespace init only receives SIGTERM if it installed a handler: many functions
 //!    never do, and get the SIGKILL after `grace`.)
-//! 2. Memory peak and OOM kills read from the cgroup — after the exit, so the numbers are
-//!    final, and *before* the runtime deletes the cgroup.
+//! 2. The OOM watcher ends, after a last look at the counter; memory peak and OOM kills read
+//!    from the cgroup — after the exit, so the numbers are final, and *before* the runtime
+//!    deletes the cgroup.
 //! 3. `runtime delete --force`, then any instance cgroup directory still there.
 //! 4. Unmount the overlay, then the tmpfs; remove the bundle directory.
 //! 5. Let the output readers drain, so the last lines reach the sink.
 //!
 //! Stop keeps going past errors and lists them in the report; a second call returns the
-//! first call's report.
+//! first call's report. The first stop ends with the instance's last event, `Removed`.
 
 use std::os::fd::AsFd;
 use std::time::Duration;
@@ -19,7 +22,7 @@ use rustix::process::Signal;
 use tracing::{debug, warn};
 
 use crate::instance_start::{delete_container, remove_instance_cgroups, unmount_and_remove};
-use crate::{ExitInfo, Instance, StopReport};
+use crate::{ExitInfo, Instance, InstanceEvent, StopReport};
 
 /// How long to wait for the init to die after SIGKILL before giving up on it.
 const KILL_PATIENCE: Duration = Duration::from_secs(10);
@@ -38,6 +41,10 @@ pub(crate) async fn stop(instance: &Instance, grace: Duration) -> StopReport {
         };
     }
     let report = stop_once(instance, grace).await;
+    instance.events.emit(InstanceEvent::Removed {
+        memory_peak_bytes: report.memory_peak_bytes,
+        oom_killed: report.oom_killed,
+    });
     *cached = Some(StopReport {
         exit: report.exit,
         memory_peak_bytes: report.memory_peak_bytes,
@@ -53,7 +60,10 @@ async fn stop_once(instance: &Instance, grace: Duration) -> StopReport {
     let id = instance.id.as_str();
     let mut report = StopReport::default();
 
-    // 1. Signals.
+    // 1. Thaw, signals.
+    if let Err(e) = instance.thaw_for_stop() {
+        report.cleanup_errors.push(crate::error::display_chain(&e));
+    }
     let mut exit = instance.exit_status();
     if exit.is_none() {
         exit = terminate(instance, grace).await;
@@ -67,6 +77,14 @@ async fn stop_once(instance: &Instance, grace: Duration) -> StopReport {
     report.exit = exit;
 
     // 2. Statistics, before the cgroup goes.
+    let oom_watch = instance
+        .oom_watch
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    if let Some(watch) = oom_watch {
+        watch.finish().await;
+    }
     let stats = sb
         .cgroups
         .memory_stats(sb.host.as_ref(), &sb.config.cgroup_parent, id);

@@ -8,6 +8,11 @@
 //!
 //! The watcher task outlives a dropped `Instance`: a container killed later (by `recover`, by
 //! hand) is still reaped instead of lingering as a zombie.
+//!
+//! It emits the instance's `Exited` event, once the start has succeeded (it is armed with the
+//! instance's [`Events`] then, after `Started`; a failed start drops the arming and nothing is
+//! emitted), and before it publishes the exit, so that whoever sees the exit (a stop going
+//! on to `Removed`) sees it after the event.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
@@ -15,16 +20,19 @@ use std::sync::Arc;
 use rustix::process::{WaitId, WaitIdOptions, WaitIdStatus};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tracing::{debug, warn};
 
-use crate::ExitInfo;
+use crate::events::Events;
+use crate::{ExitInfo, InstanceEvent};
 
 /// Spawn the watcher of `pidfd`; the returned receiver holds `Some(exit)` once it exited.
+/// `armed` brings the events of a started instance (see the module docs).
 pub(crate) fn watch_exit(
     id: &str,
     pid: u32,
     pidfd: Arc<OwnedFd>,
+    armed: oneshot::Receiver<Events>,
 ) -> std::io::Result<watch::Receiver<Option<ExitInfo>>> {
     let (tx, rx) = watch::channel(None);
     // SAFETY: the Arc<OwnedFd> moves into the AsyncFd; the descriptor stays open and the same
@@ -34,6 +42,10 @@ pub(crate) fn watch_exit(
     tokio::spawn(async move {
         let exit = wait_exit(&async_fd).await;
         debug!(instance = %id, pid, ?exit, "init exited");
+        // Waits at most until the start returns.
+        if let Ok(events) = armed.await {
+            events.emit(InstanceEvent::Exited(exit));
+        }
         let _ = tx.send(Some(exit));
     });
     Ok(rx)

@@ -1,6 +1,6 @@
 //! Shared set-up for the sandbox's integration tests: a busybox rootfs in a tempdir, a sandbox
-//! with a unique cgroup parent, an output sink that records lines, and the checks that nothing
-//! is left behind.
+//! with a unique cgroup parent, an output sink that records lines, an event sink that records
+//! events, and the checks that nothing is left behind.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use wharf_sandbox::{
-    InstanceSpec, OutputSink, RuntimePreference, Sandbox, SandboxConfig, Stream, User,
+    EventSink, InstanceEvent, InstanceSpec, OutputSink, RuntimePreference, Sandbox, SandboxConfig,
+    Stream, User,
 };
 
 pub const BUSYBOX: &str = "/usr/bin/busybox";
@@ -49,6 +50,53 @@ impl Lines {
             .filter(|(_, s, _)| *s == stream)
             .map(|(_, _, l)| l.clone())
             .collect()
+    }
+}
+
+/// Records every event with its instance id, in the order they came.
+#[derive(Default)]
+pub struct Recorder(pub Mutex<Vec<(String, InstanceEvent)>>);
+
+impl EventSink for Recorder {
+    fn event(&self, instance_id: &str, event: &InstanceEvent) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((instance_id.to_owned(), event.clone()));
+    }
+}
+
+impl Recorder {
+    /// The events of one instance so far.
+    pub fn of(&self, id: &str) -> Vec<InstanceEvent> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(i, _)| i == id)
+            .map(|(_, e)| e.clone())
+            .collect()
+    }
+
+    /// Wait (bounded) for an event of `id` that `matches`; panics with the events seen.
+    pub async fn wait_for(
+        &self,
+        id: &str,
+        patience: Duration,
+        matches: impl Fn(&InstanceEvent) -> bool,
+    ) -> InstanceEvent {
+        let end = Instant::now() + patience;
+        loop {
+            if let Some(e) = self.of(id).into_iter().find(|e| matches(e)) {
+                return e;
+            }
+            assert!(
+                Instant::now() < end,
+                "no such event within {patience:?}: {:?}",
+                self.of(id)
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
     }
 }
 
@@ -206,9 +254,12 @@ impl Env {
     }
 
     /// After every instance was stopped: nothing mounted under the state directory, no
-    /// instance cgroup. Then shutdown, and no parent cgroup either.
+    /// instance cgroup, no freezer or OOM-watch file still open. Then shutdown, and no parent
+    /// cgroup either.
     pub async fn finish(self) {
         assert_no_mounts_under(&self.state_dir());
+        let open = open_cgroup_files(&self.parent);
+        assert!(open.is_empty(), "cgroup files left open: {open:?}");
         let leftovers = cgroup_dirs_named(&self.parent);
         for dir in &leftovers {
             let children: Vec<_> = std::fs::read_dir(dir)
@@ -246,6 +297,34 @@ pub fn cgroup_dirs_named(name: &str) -> Vec<PathBuf> {
         }
     }
     found
+}
+
+/// Files of this parent's cgroups that this process holds open and that the sandbox closes
+/// at stop: the freezer's and the OOM watcher's. (The memory peak file is kept open until the
+/// `Instance` is dropped, by design, and not listed.)
+pub fn open_cgroup_files(parent: &str) -> Vec<PathBuf> {
+    const CLOSED_AT_STOP: &[&str] = &[
+        "freezer.state",
+        "cgroup.freeze",
+        "cgroup.events",
+        "memory.events",
+        "memory.oom_control",
+        "cgroup.event_control",
+    ];
+    let needle = format!("/{parent}/");
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter(|target| {
+            let text = target.to_string_lossy();
+            text.starts_with("/sys/fs/cgroup/")
+                && text.contains(&needle)
+                && CLOSED_AT_STOP
+                    .iter()
+                    .any(|name| text.trim_end_matches(" (deleted)").ends_with(name))
+        })
+        .collect()
 }
 
 /// Tests run in parallel in one process: a zombie of another test may exist for a moment
@@ -289,6 +368,22 @@ pub fn assert_no_mounts_under(dir: &Path) {
     let dir = dir.to_string_lossy();
     let mounts: Vec<_> = info.lines().filter(|l| l.contains(&*dir)).collect();
     assert!(mounts.is_empty(), "mounts left: {mounts:#?}");
+}
+
+/// Wait (bounded) until the init runs `comm`: `runtime start` may return before the runtime's
+/// own init has exec'd the instance's command. (Freezing before that can fail with runc: its
+/// multi-threaded Go init waits in execve for threads the freezer holds, so the freeze times
+/// out and is undone.)
+pub async fn wait_for_comm(pid: u32, comm: &str) {
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if now.trim_end() == comm {
+            return;
+        }
+        assert!(Instant::now() < end, "pid {pid} runs {now:?}, not {comm}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 /// Wait (bounded) until `pid` is gone from the host.
