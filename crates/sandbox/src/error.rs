@@ -6,8 +6,9 @@
 use std::io;
 use std::path::PathBuf;
 
-use crate::RuntimeKind;
+use crate::mounts::MountError;
 use crate::user::UserError;
+use crate::{RuntimeKind, User};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -150,6 +151,28 @@ pub enum StartError {
         source: UserError,
     },
 
+    /// A bind mount broke a rule ([`crate::validate_mounts`]) or failed the check against the
+    /// host at start; `source` names the mount and what to change.
+    #[error("the bind mounts of instance {id} were refused")]
+    Mount {
+        id: String,
+        /// Boxed: the paths it names would make every `StartError` large.
+        #[source]
+        source: Box<MountError>,
+    },
+
+    /// [`crate::InstanceSpec::forbid_root`] and the user resolved to uid 0.
+    #[error(
+        "instance {id} would run as root ({}), which is forbidden here: set uid/gid to a \
+         non-root user",
+        root_reason(.user)
+    )]
+    RootForbidden {
+        id: String,
+        /// The spec's user, as given: says whether uid 0 was given or came from the image.
+        user: User,
+    },
+
     #[error("failed to write {path} for instance {id}")]
     WriteSpec {
         id: String,
@@ -227,6 +250,8 @@ impl StartError {
             | StartError::MountWritableLayer { id, .. }
             | StartError::MountRootfs { id, .. }
             | StartError::User { id, .. }
+            | StartError::Mount { id, .. }
+            | StartError::RootForbidden { id, .. }
             | StartError::WriteSpec { id, .. }
             | StartError::Pipes { id, .. }
             | StartError::RuntimeExec { id, .. }
@@ -236,6 +261,17 @@ impl StartError {
             | StartError::Netns { id, .. }
             | StartError::Cleanup { id, .. } => id,
         }
+    }
+}
+
+/// How a user that resolved to uid 0 was chosen, for [`StartError::RootForbidden`].
+fn root_reason(user: &User) -> String {
+    match user {
+        User::Id { uid, gid } => format!("uid {uid} and gid {gid} were given"),
+        User::Named(name) if name.trim().is_empty() => {
+            "the image sets no USER, which means root".to_owned()
+        }
+        User::Named(name) => format!("the image's USER {name:?} is uid 0"),
     }
 }
 
@@ -276,5 +312,29 @@ mod tests {
         assert_eq!(err.instance_id(), "i1");
         let chain = display_chain(&err);
         assert!(chain.starts_with("crun create failed"), "{chain}");
+    }
+
+    #[test]
+    fn root_forbidden_says_how_the_user_was_chosen() {
+        let err = |user| {
+            StartError::RootForbidden {
+                id: "fn-1".into(),
+                user,
+            }
+            .to_string()
+        };
+        assert_eq!(
+            err(User::Id { uid: 0, gid: 0 }),
+            "instance fn-1 would run as root (uid 0 and gid 0 were given), which is forbidden \
+             here: set uid/gid to a non-root user"
+        );
+        assert_eq!(
+            err(User::Named("root".into())),
+            "instance fn-1 would run as root (the image's USER \"root\" is uid 0), which is \
+             forbidden here: set uid/gid to a non-root user"
+        );
+        assert!(
+            err(User::Named(String::new())).contains("(the image sets no USER, which means root)")
+        );
     }
 }
