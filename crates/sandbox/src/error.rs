@@ -8,8 +8,10 @@ use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::mounts::MountError;
 use crate::user::UserError;
-use crate::{ExitInfo, RuntimeKind};
+use crate::{ExitInfo, RuntimeKind, User};
+
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
     #[error("invalid sandbox config: {reason}")]
@@ -151,6 +153,28 @@ pub enum StartError {
         source: UserError,
     },
 
+    /// A bind mount broke a rule ([`crate::validate_mounts`]) or failed the check against the
+    /// host at start; `source` names the mount and what to change.
+    #[error("the bind mounts of instance {id} were refused")]
+    Mount {
+        id: String,
+        /// Boxed: the paths it names would make every `StartError` large.
+        #[source]
+        source: Box<MountError>,
+    },
+
+    /// [`crate::InstanceSpec::forbid_root`] and the user resolved to uid 0.
+    #[error(
+        "instance {id} would run as root ({}), which is forbidden here: set uid/gid to a \
+         non-root user",
+        root_reason(.user)
+    )]
+    RootForbidden {
+        id: String,
+        /// The spec's user, as given: says whether uid 0 was given or came from the image.
+        user: User,
+    },
+
     #[error("failed to write {path} for instance {id}")]
     WriteSpec {
         id: String,
@@ -228,6 +252,8 @@ impl StartError {
             | StartError::MountWritableLayer { id, .. }
             | StartError::MountRootfs { id, .. }
             | StartError::User { id, .. }
+            | StartError::Mount { id, .. }
+            | StartError::RootForbidden { id, .. }
             | StartError::WriteSpec { id, .. }
             | StartError::Pipes { id, .. }
             | StartError::RuntimeExec { id, .. }
@@ -323,6 +349,17 @@ impl FreezeError {
     }
 }
 
+/// How a user that resolved to uid 0 was chosen, for [`StartError::RootForbidden`].
+fn root_reason(user: &User) -> String {
+    match user {
+        User::Id { uid, gid } => format!("uid {uid} and gid {gid} were given"),
+        User::Named(name) if name.trim().is_empty() => {
+            "the image sets no USER, which means root".to_owned()
+        }
+        User::Named(name) => format!("the image's USER {name:?} is uid 0"),
+    }
+}
+
 /// `error: source: source…`, for logs and report strings.
 pub(crate) fn display_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
@@ -360,5 +397,29 @@ mod tests {
         assert_eq!(err.instance_id(), "i1");
         let chain = display_chain(&err);
         assert!(chain.starts_with("crun create failed"), "{chain}");
+    }
+
+    #[test]
+    fn root_forbidden_says_how_the_user_was_chosen() {
+        let err = |user| {
+            StartError::RootForbidden {
+                id: "fn-1".into(),
+                user,
+            }
+            .to_string()
+        };
+        assert_eq!(
+            err(User::Id { uid: 0, gid: 0 }),
+            "instance fn-1 would run as root (uid 0 and gid 0 were given), which is forbidden \
+             here: set uid/gid to a non-root user"
+        );
+        assert_eq!(
+            err(User::Named("root".into())),
+            "instance fn-1 would run as root (the image's USER \"root\" is uid 0), which is \
+             forbidden here: set uid/gid to a non-root user"
+        );
+        assert!(
+            err(User::Named(String::new())).contains("(the image sets no USER, which means root)")
+        );
     }
 }

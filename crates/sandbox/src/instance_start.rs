@@ -1,8 +1,11 @@
 //! Starting an instance — the cold-start path, so it is lean: no `runtime state`, no sleeps,
 //! no polling.
 //!
-//! 1. `instances/<id>/`, the tmpfs for the writable layer, the overlay rootfs;
-//! 2. the image's `USER` resolved in the merged rootfs, `HOME` and `PATH` defaulted;
+//! 1. the bind mounts checked against the host (before anything is created, so a refused
+//!    mount leaves nothing); `instances/<id>/`, the tmpfs for the writable layer (with
+//!    `/tmp`), the overlay rootfs;
+//! 2. the image's `USER` resolved in the merged rootfs, `HOME` and `PATH` defaulted; uid 0
+//!    refused when the spec forbids root;
 //! 3. `config.json`;
 //! 4. `runtime create` with the container's stdout/stderr = our pipes, the runtime's own
 //!    errors in a JSON log;
@@ -82,6 +85,13 @@ pub(crate) async fn start(
             reason: "no command (args is empty)".into(),
         });
     }
+    // Bind mounts: the rules the API applies before storing a function, applied again here.
+    if let Err(source) = crate::mounts::validate_mounts(&spec.mounts) {
+        return Err(StartError::Mount {
+            id,
+            source: Box::new(source),
+        });
+    }
     let paths = InstancePaths::new(&sb.instances_dir, &id);
     let mut progress = Progress::default();
     match start_steps(sb, &spec, &paths, &mut progress, started).await {
@@ -123,7 +133,13 @@ async fn start_steps(
     // 1-3 touch the file system (mkdir, mounts, passwd, config.json): a few milliseconds
     // that must not hold an async worker.
     crate::blocking::run(|| -> Result<(), StartError> {
-        // 1. Bundle and rootfs.
+        // 1. Bind mounts against the host (nothing to stat when there are none), then the
+        // bundle and rootfs.
+        let bind_mounts = crate::mounts::resolve_all_on_host(&spec.mounts, &sb.config.state_dir)
+            .map_err(|source| StartError::Mount {
+                id: id.to_owned(),
+                source: Box::new(source),
+            })?;
         match std::fs::create_dir(&paths.bundle) {
             Ok(()) => progress.bundle = true,
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -160,6 +176,12 @@ async fn start_steps(
                 source,
             }
         })?;
+        if spec.forbid_root && user.uid == 0 {
+            return Err(StartError::RootForbidden {
+                id: id.to_owned(),
+                user: spec.user.clone(),
+            });
+        }
 
         // 3. config.json.
         let params = spec::SpecParams {
@@ -175,6 +197,9 @@ async fn start_steps(
                 &spec.hostname
             },
             rootfs: &paths.rootfs,
+            readonly_root: spec.read_only_rootfs,
+            tmp: &paths.tmp,
+            bind_mounts: &bind_mounts,
             cgroups_path: crate::cgroup::CgroupLayout::cgroups_path(&sb.config.cgroup_parent, id),
             memory_limit_bytes: spec.memory_limit_bytes,
             limit_swap: sb.limit_swap,

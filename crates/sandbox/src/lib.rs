@@ -20,7 +20,13 @@
 //!   and `setns`es back; the connect itself then happens asynchronously on the tokio runtime
 //!   (`netns`, `readiness`).
 //! * **Rootfs: shared read-only layers + a per-instance overlay** whose upper layer lives on a
-//!   size-limited tmpfs (`rootfs`). tmpfs pages are charged to the instance's memory cgroup.
+//!   size-limited tmpfs (`rootfs`), together with the instance's `/tmp`, which is always
+//!   writable (also under a read-only root). tmpfs pages are charged to the instance's memory
+//!   cgroup: `rootfs` says how the two limits interact.
+//! * **Host bind mounts are checked twice** (`mounts`): the pure rules ([`validate_mounts`])
+//!   by the API before a function is stored and again at start, then against the host
+//!   (symlinks resolved, only directories and regular files, nothing of the state directory),
+//!   and mounted `bind` (not recursive), `nosuid,nodev`, `private`.
 //! * **cgroups v1, v2 and hybrid are all first-class** (`cgroup`): the runtime creates
 //!   `/<cgroup_parent>/<instance-id>` in every hierarchy; we read memory peak and OOM kills
 //!   *before* the runtime deletes it, and remove the parent at [`Sandbox::shutdown`].
@@ -39,10 +45,10 @@
 //!   left in the state directory.
 //!
 //! Module map, following the lifecycle: `runtime` (detect + drive crun/runc), `spec`
-//! (`config.json`), `user` (`USER` resolution), `rootfs`, `cgroup`, `netns`,
-//! `readiness`, `output`, `reaper` (exit watcher), `oom` (OOM watcher), `events` (emission),
-//! `instance_start`, `instance_freeze` (freeze, thaw), `instance_stop`, `recover`, `host`,
-//! `error`.
+//! (`config.json`), `user` (`USER` resolution), `rootfs`, `mounts` (bind mounts), `cgroup`,
+//! `netns`, `readiness`, `output`, `reaper` (exit watcher), `oom` (OOM watcher), `events`
+//! (emission), `instance_start`, `instance_freeze` (freeze, thaw), `instance_stop`, `recover`,
+//! `host`, `error`.
 
 mod blocking;
 mod cgroup;
@@ -53,6 +59,7 @@ mod instance;
 mod instance_freeze;
 mod instance_start;
 mod instance_stop;
+mod mounts;
 mod netns;
 mod oom;
 mod output;
@@ -73,6 +80,9 @@ use std::time::Duration;
 
 pub use error::{CleanupError, FreezeError, SandboxError, StartError};
 pub use instance::Instance;
+pub use mounts::{
+    MAX_BIND_MOUNTS, MAX_MOUNT_PATH_BYTES, MountError, validate_mount, validate_mounts,
+};
 pub use sandbox::Sandbox;
 pub use user::UserError;
 
@@ -131,13 +141,18 @@ pub enum NetworkMode {
     Bridge,
 }
 
-/// A host path bind-mounted into an instance (the seeds' "external data disk").
+/// A host path bind-mounted into an instance (the seeds' "external data disk"). Checked by
+/// [`validate_mounts`] (also at start) and against the host at start; mounted `bind` (a mount
+/// below the source does not come along), `nosuid,nodev`, private propagation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BindMount {
-    /// Absolute path on the host: a directory or a regular file.
+    /// Absolute, plain path on the host: a directory or a regular file (symlinks are resolved
+    /// at start), not `/`, not in or above the sandbox's state directory.
     pub source: PathBuf,
-    /// Absolute path inside the instance.
+    /// Absolute, plain path inside the instance (`/data`, `/tmp/cache`); not `/`, `/tmp`,
+    /// nor `/proc`, `/sys`, `/dev` or below them. Created by the runtime when missing.
     pub target: String,
+    /// Writes fail with `EROFS`. A read-write mount is writable also under a read-only root.
     pub read_only: bool,
 }
 
@@ -256,16 +271,22 @@ pub struct InstanceSpec {
     pub hostname: String,
     /// 0 = no memory limit.
     pub memory_limit_bytes: u64,
-    /// Size of the tmpfs that holds the overlay's upper layer (charged to the memory cgroup).
-    /// Must be greater than 0.
+    /// Size of the tmpfs that holds the overlay's upper layer and `/tmp` together. Must be
+    /// greater than 0. Its pages are charged to the instance's memory cgroup: a full layer
+    /// fails writes with `ENOSPC` only while its files fit under `memory_limit_bytes` next to
+    /// the processes' own memory; past that the OOM killer acts (see the `rootfs` module).
     pub writable_layer_bytes: u64,
     /// 0 or negative = no pids limit.
     pub pids_limit: i64,
-    /// The image's files read-only: only `/tmp` (always writable, on the writable layer) and
-    /// read-write mounts can be written.
+    /// The image's files read-only (`root.readonly`): writing them fails with `EROFS`; only
+    /// `/tmp` (always writable, on the writable layer), `/dev/shm` and read-write mounts can be
+    /// written.
     pub read_only_rootfs: bool,
-    /// Refuse to start when the user resolves to uid 0 (the contract forbids root).
+    /// Refuse to start ([`StartError::RootForbidden`]) when the user resolves to uid 0 (the
+    /// contract forbids root).
     pub forbid_root: bool,
+    /// Host paths mounted in, after `/tmp` and parents before children (so `/tmp/x` and
+    /// `/data/sub` below `/data` work). At most [`MAX_BIND_MOUNTS`].
     pub mounts: Vec<BindMount>,
     pub network: NetworkMode,
     pub output: Arc<dyn OutputSink>,

@@ -1,18 +1,50 @@
 //! The instance's root filesystem: the image's unpacked layers, shared and read-only, stacked
-//! as an overlay whose upper (writable) layer lives on a size-limited tmpfs.
+//! as an overlay whose upper (writable) layer lives on a size-limited tmpfs, which also holds
+//! the instance's `/tmp`.
 //!
 //! ```text
 //! instances/<id>/            the OCI bundle
 //!   config.json
 //!   runtime.log              the runtime's own JSON log (errors of `create`)
 //!   init.pid                 written by `runtime create`
-//!   rw/                      tmpfs, size = writable_layer_bytes
-//!     upper/  work/
+//!   rw/                      tmpfs, size = writable_layer_bytes, 0700
+//!     upper/  work/          the overlay's upper and work directories
+//!     tmp/                   1777, bind-mounted at /tmp in config.json
 //!   rootfs/                  overlay: lowerdir = layers top first, upperdir = rw/upper
 //! ```
 //!
-//! tmpfs pages are charged to the memory cgroup of the process that writes them, so the
-//! writable layer counts against the instance's memory limit: plan the two together.
+//! # `/tmp`
+//!
+//! `/tmp` is always the bind mount of `rw/tmp`, whatever the image has there: no `/tmp` (the
+//! runtime creates the mount point), a `0755` one (root's only), or a read-only root
+//! (`root.readonly` remounts only the root mount; the bind is a mount of its own and stays
+//! writable). Being on the same tmpfs, `/tmp` and changes to the image's files share one size
+//! limit, and nothing an instance writes reaches the shared layers.
+//!
+//! # The writable layer and the memory limit
+//!
+//! tmpfs pages are charged to the memory cgroup of the process that writes them, and they stay
+//! charged until the file is deleted: a file in `/tmp` is memory of the instance, even after
+//! the process that wrote it has exited. Without swap (the sandbox limits memory+swap to the
+//! memory limit when the host accounts swap) the kernel cannot reclaim them. So:
+//!
+//! * while the files fit under the memory limit next to the processes' own memory, a full
+//!   writable layer fails the write with `ENOSPC` ("No space left on device") and nothing
+//!   else happens: the instance goes on, and deleting files frees the space;
+//! * when the memory limit is reached first, the write does not fail: the cgroup's OOM killer
+//!   kills a process of the instance, chosen by the memory the process itself holds (the
+//!   writer when it is the largest, as `dd` is next to busybox's `httpd`; the function's
+//!   server when that is larger), and the written part of the file stays, still charged: the
+//!   instance goes on with almost no memory left, and the next allocation past it is the next
+//!   OOM kill, until files are deleted or the instance is stopped. `oom_killed` in the stop
+//!   report (and `Instance::oom_killed`) tells.
+//!
+//! The `ENOSPC` path is only guaranteed when `writable_layer_bytes` plus the function's working
+//! set stays below `memory_limit_bytes`; a writable layer larger than the memory limit is a
+//! promise the memory limit breaks. Modifying a file of the image copies it whole into the
+//! writable layer first (overlayfs copy-up), which counts too. On a host with swap but no swap
+//! accounting, tmpfs pages can be swapped out and the writable layer can then outgrow the
+//! memory limit.
 
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -27,6 +59,8 @@ pub(crate) struct InstancePaths {
     pub rw: PathBuf,
     pub upper: PathBuf,
     pub work: PathBuf,
+    /// The instance's `/tmp` (bind-mounted there), on the writable layer's tmpfs.
+    pub tmp: PathBuf,
     pub rootfs: PathBuf,
     pub config: PathBuf,
     pub pid_file: PathBuf,
@@ -40,6 +74,7 @@ impl InstancePaths {
             rw: bundle.join("rw"),
             upper: bundle.join("rw").join("upper"),
             work: bundle.join("rw").join("work"),
+            tmp: bundle.join("rw").join("tmp"),
             rootfs: bundle.join("rootfs"),
             config: bundle.join("config.json"),
             pid_file: bundle.join("init.pid"),
@@ -49,9 +84,9 @@ impl InstancePaths {
     }
 }
 
-/// Mount the tmpfs for the writable layer at `rw/` and create `upper/` and `work/` in it. The
-/// upper directory is the merged root directory, so it takes the mode and owner of the top
-/// layer's root.
+/// Mount the tmpfs for the writable layer at `rw/` and create `upper/`, `work/` and `tmp/` in
+/// it. The upper directory is the merged root directory, so it takes the mode and owner of the
+/// top layer's root; `tmp/` is `1777`, like any `/tmp`, whatever the umask.
 pub(crate) fn mount_writable_layer(
     host: &dyn Host,
     paths: &InstancePaths,
@@ -62,6 +97,8 @@ pub(crate) fn mount_writable_layer(
     host.mount_tmpfs(&paths.rw, size_bytes)?;
     std::fs::create_dir(&paths.upper)?;
     std::fs::create_dir(&paths.work)?;
+    std::fs::create_dir(&paths.tmp)?;
+    std::fs::set_permissions(&paths.tmp, std::fs::Permissions::from_mode(0o1777))?;
     if let Ok(meta) = std::fs::metadata(top_layer) {
         std::fs::set_permissions(
             &paths.upper,
@@ -144,8 +181,29 @@ mod tests {
         assert_eq!(p.bundle, PathBuf::from("/data/instances/i1"));
         assert_eq!(p.upper, PathBuf::from("/data/instances/i1/rw/upper"));
         assert_eq!(p.work, PathBuf::from("/data/instances/i1/rw/work"));
+        assert_eq!(p.tmp, PathBuf::from("/data/instances/i1/rw/tmp"));
         assert_eq!(p.rootfs, PathBuf::from("/data/instances/i1/rootfs"));
         assert_eq!(p.config, PathBuf::from("/data/instances/i1/config.json"));
+    }
+
+    #[test]
+    fn writable_layer_holds_upper_work_and_a_1777_tmp() {
+        let tmp = tempfile::tempdir().unwrap();
+        let paths = InstancePaths::new(tmp.path(), "i1");
+        std::fs::create_dir(&paths.bundle).unwrap();
+        let top = tmp.path().join("top");
+        std::fs::create_dir(&top).unwrap();
+        std::fs::set_permissions(&top, std::fs::Permissions::from_mode(0o750)).unwrap();
+        let host = FakeHost::default();
+        mount_writable_layer(&host, &paths, 8 << 20, &top).unwrap();
+        assert_eq!(
+            host.calls(),
+            [format!("mount tmpfs {} {}", paths.rw.display(), 8 << 20)]
+        );
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
+        assert_eq!(mode(&paths.tmp), 0o1777);
+        assert_eq!(mode(&paths.upper), 0o750, "the top layer's root mode");
+        assert!(paths.work.is_dir());
     }
 
     #[test]

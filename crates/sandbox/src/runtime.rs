@@ -268,6 +268,9 @@ fn probe_in(
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755))
         .map_err(|e| io_err("probe executable", e))?;
+    // The probe's config has an instance's mounts: /tmp is bound from the bundle.
+    let tmp = bundle.join("tmp");
+    std::fs::create_dir_all(&tmp).map_err(|e| io_err("probe /tmp", e))?;
     let args = vec!["/probe".to_string()];
     let params = spec::SpecParams {
         args: &args,
@@ -277,6 +280,9 @@ fn probe_in(
         gid: 0,
         hostname: "probe",
         rootfs: &rootfs,
+        readonly_root: false,
+        tmp: &tmp,
+        bind_mounts: &[],
         cgroups_path: CgroupLayout::cgroups_path(cx.cgroup_parent, id),
         memory_limit_bytes: 32 << 20,
         limit_swap: cx.limit_swap,

@@ -7,10 +7,22 @@
 //! memory (+swap, so swap cannot extend it) and pids limits, a CPU share proportional to the
 //! memory limit ([`cpu_shares`]), and `RLIMIT_NOFILE` clamped to this host's hard limit: the runtime cannot raise it
 //! above that without `CAP_SYS_RESOURCE`, and fails with "setrlimit … operation not permitted".
+//!
+//! After runc's mounts come the instance's `/tmp` (a bind of `rw/tmp` on the writable layer,
+//! see `rootfs.rs`) and then the host bind mounts, parents before children: the runtime mounts
+//! in the order of the list, so `/tmp/cache` needs `/tmp` first and `/data/sub` needs `/data`.
+//! Every bind is `bind`, not `rbind` (a mount below the source on the host stays out),
+//! `nosuid,nodev` and `private`. Not `rprivate`: crun 1.8 adds the `MS_REC` of `rprivate` to
+//! the bind itself, which then brings the source's sub-mounts along (runc does not); for a
+//! non-recursive bind, one mount, `private` and `rprivate` mean the same. `root.readonly`
+//! makes the runtime remount the root read-only after all mounts; the binds are mounts of
+//! their own and keep their `rw`.
 
 use std::path::Path;
 
 use oci_spec::OciSpecError;
+
+use crate::BindMount;
 use oci_spec::runtime::{
     LinuxBuilder, LinuxCapabilities, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxMemoryBuilder,
     LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
@@ -70,6 +82,12 @@ pub(crate) struct SpecParams<'a> {
     pub gid: u32,
     pub hostname: &'a str,
     pub rootfs: &'a Path,
+    /// `root.readonly`: the image's files cannot be written.
+    pub readonly_root: bool,
+    /// The host directory mounted at `/tmp` (`rw/tmp`).
+    pub tmp: &'a Path,
+    /// Host bind mounts, sources already resolved and checked (`mounts.rs`).
+    pub bind_mounts: &'a [BindMount],
     pub cgroups_path: String,
     /// 0 = none.
     pub memory_limit_bytes: u64,
@@ -174,11 +192,11 @@ pub(crate) fn build(p: &SpecParams<'_>) -> Result<Spec, OciSpecError> {
         .root(
             RootBuilder::default()
                 .path(p.rootfs)
-                .readonly(false)
+                .readonly(p.readonly_root)
                 .build()?,
         )
         .process(process)
-        .mounts(mounts()?)
+        .mounts(mounts(p.tmp, p.bind_mounts)?)
         .linux(linux)
         .build()?;
     // The builder starts from `Spec::default()`, whose hostname is "youki".
@@ -200,8 +218,30 @@ fn namespaces() -> Result<Vec<LinuxNamespace>, OciSpecError> {
     .collect()
 }
 
-/// runc's default mounts.
-fn mounts() -> Result<Vec<Mount>, OciSpecError> {
+/// A non-recursive, private, `nosuid,nodev` bind of `source` at `dest` (`private`, not
+/// `rprivate`: see the module docs).
+fn bind(source: &Path, dest: &str, read_only: bool) -> Result<Mount, OciSpecError> {
+    MountBuilder::default()
+        .destination(dest)
+        .typ("bind")
+        .source(source)
+        .options(
+            [
+                "bind",
+                if read_only { "ro" } else { "rw" },
+                "nosuid",
+                "nodev",
+                "private",
+            ]
+            .map(String::from)
+            .to_vec(),
+        )
+        .build()
+}
+
+/// runc's default mounts, then `/tmp`, then the bind mounts with parents before children
+/// (a stable sort by depth keeps the caller's order otherwise).
+fn mounts(tmp: &Path, binds: &[BindMount]) -> Result<Vec<Mount>, OciSpecError> {
     let mount = |dest: &str, typ: &str, source: &str, options: &[&str]| {
         let mut b = MountBuilder::default()
             .destination(dest)
@@ -212,7 +252,7 @@ fn mounts() -> Result<Vec<Mount>, OciSpecError> {
         }
         b.build()
     };
-    Ok(vec![
+    let mut mounts = vec![
         mount("/proc", "proc", "proc", &[])?,
         mount(
             "/dev",
@@ -257,7 +297,14 @@ fn mounts() -> Result<Vec<Mount>, OciSpecError> {
             "cgroup",
             &["nosuid", "noexec", "nodev", "relatime", "ro"],
         )?,
-    ])
+    ];
+    mounts.push(bind(tmp, "/tmp", false)?);
+    let mut binds: Vec<&BindMount> = binds.iter().collect();
+    binds.sort_by_key(|m| Path::new(&m.target).components().count());
+    for m in binds {
+        mounts.push(bind(&m.source, &m.target, m.read_only)?);
+    }
+    Ok(mounts)
 }
 
 #[cfg(test)]
@@ -273,6 +320,9 @@ mod tests {
             gid: 1003,
             hostname: "fn-hello",
             rootfs,
+            readonly_root: false,
+            tmp: Path::new("/data/instances/i1/rw/tmp"),
+            bind_mounts: &[],
             cgroups_path: "/wharf/i1".into(),
             memory_limit_bytes: 128 << 20,
             limit_swap: true,
@@ -333,6 +383,92 @@ mod tests {
         assert!(linux["seccomp"]["syscalls"].as_array().unwrap().len() > 1);
         assert_eq!(json["hostname"], "fn-hello");
         assert_eq!(json["root"]["path"], "/r");
+    }
+
+    fn mount_list(json: &serde_json::Value) -> Vec<(String, String, Vec<String>)> {
+        json["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                let options = m["options"]
+                    .as_array()
+                    .map(|o| o.iter().map(|v| v.as_str().unwrap().to_owned()).collect())
+                    .unwrap_or_default();
+                (
+                    m["destination"].as_str().unwrap().to_owned(),
+                    m["source"].as_str().unwrap().to_owned(),
+                    options,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tmp_is_always_the_writable_layers() {
+        let args = vec!["/bin/app".to_string()];
+        let json = serde_json::to_value(build(&params(&args, Path::new("/r"))).unwrap()).unwrap();
+        assert_eq!(json["root"]["readonly"], false);
+        let mounts = mount_list(&json);
+        let tmp: Vec<_> = mounts.iter().filter(|m| m.0 == "/tmp").collect();
+        assert_eq!(tmp.len(), 1, "{mounts:?}");
+        assert_eq!(tmp[0].1, "/data/instances/i1/rw/tmp");
+        assert_eq!(tmp[0].2, ["bind", "rw", "nosuid", "nodev", "private"]);
+        assert_eq!(mounts.last().unwrap().0, "/tmp", "after runc's mounts");
+    }
+
+    #[test]
+    fn read_only_root_and_bind_mounts() {
+        let args = vec!["/bin/app".to_string()];
+        let binds = [
+            BindMount {
+                source: "/srv/sub".into(),
+                target: "/data/sub".into(),
+                read_only: false,
+            },
+            BindMount {
+                source: "/srv/cache".into(),
+                target: "/tmp/cache".into(),
+                read_only: false,
+            },
+            BindMount {
+                source: "/srv/data".into(),
+                target: "/data".into(),
+                read_only: true,
+            },
+            BindMount {
+                source: "/srv/app.conf".into(),
+                target: "/etc/app.conf".into(),
+                read_only: true,
+            },
+        ];
+        let mut p = params(&args, Path::new("/data/instances/i1/rootfs"));
+        p.readonly_root = true;
+        p.bind_mounts = &binds;
+        let json = serde_json::to_value(build(&p).unwrap()).unwrap();
+        assert_eq!(json["root"]["readonly"], true);
+        let mounts = mount_list(&json);
+        let order: Vec<_> = mounts.iter().map(|m| m.0.as_str()).collect();
+        // runc's seven, /tmp, then parents before children (same depth: as given).
+        assert_eq!(
+            order[7..],
+            ["/tmp", "/data", "/data/sub", "/tmp/cache", "/etc/app.conf"]
+        );
+        for (dest, source, options) in &mounts[8..] {
+            let bind = binds.iter().find(|b| b.target == *dest).unwrap();
+            assert_eq!(Path::new(source), bind.source, "{dest}");
+            let rw = if bind.read_only { "ro" } else { "rw" };
+            // Nothing recursive (no `rbind`, no `rprivate`, which crun makes a recursive bind).
+            assert_eq!(
+                options,
+                &["bind", rw, "nosuid", "nodev", "private"],
+                "{dest}"
+            );
+        }
+        insta::assert_json_snapshot!(serde_json::json!({
+            "root": json["root"],
+            "mounts": json["mounts"].as_array().unwrap()[7..],
+        }));
     }
 
     #[test]

@@ -394,3 +394,69 @@ pub async fn assert_process_gone(pid: u32) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// [`busybox_layers`] in `dir`, with the base layer's `/tmp` removed (`None`) or given
+/// `mode` (e.g. `0o755`, root's only): images differ in what they have at `/tmp`.
+pub fn busybox_layers_with_tmp(dir: &Path, tmp_mode: Option<u32>) -> Vec<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).unwrap();
+    let layers = busybox_layers(dir);
+    let tmp = layers[0].join("tmp");
+    match tmp_mode {
+        None => std::fs::remove_dir(&tmp).unwrap(),
+        Some(mode) => {
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).unwrap()
+        }
+    }
+    layers
+}
+
+/// More busybox applets in a layer made by [`busybox_layers`] (its `bin/busybox`).
+pub fn add_applets(layer: &Path, applets: &[&str]) {
+    for applet in applets {
+        let link = layer.join("bin").join(applet);
+        if !link.exists() {
+            std::os::unix::fs::symlink("busybox", link).unwrap();
+        }
+    }
+}
+
+/// A tmpfs a test mounts on the host, unmounted when dropped (also on a panic).
+pub struct HostTmpfs(pub PathBuf);
+
+impl HostTmpfs {
+    pub fn mount(target: &Path) -> HostTmpfs {
+        rustix::mount::mount(
+            "tmpfs",
+            target,
+            "tmpfs",
+            rustix::mount::MountFlags::empty(),
+            c"size=1m",
+        )
+        .unwrap();
+        HostTmpfs(target.to_owned())
+    }
+}
+
+impl Drop for HostTmpfs {
+    fn drop(&mut self) {
+        if let Err(e) = rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::empty()) {
+            eprintln!("unmounting {}: {e}", self.0.display());
+            let _ = rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::DETACH);
+        }
+    }
+}
+
+/// Wait (bounded) until `lines` has a stdout line equal to `line`.
+pub async fn wait_for_line(lines: &Lines, line: &str) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while !lines.of(Stream::Stdout).iter().any(|l| l == line) {
+        assert!(
+            Instant::now() < end,
+            "no line {line:?}; stdout {:?}, stderr {:?}",
+            lines.of(Stream::Stdout),
+            lines.of(Stream::Stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
