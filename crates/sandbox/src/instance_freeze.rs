@@ -389,6 +389,7 @@ impl Instance {
             });
         }
         let sb = &self.sandbox;
+        sb.keep_freezer_on();
         let files = sb.cgroups.freezer(&sb.config.cgroup_parent, &self.id);
         match self.freezer.freeze(&self.id, files, bound).await? {
             Change::Done(took) => {

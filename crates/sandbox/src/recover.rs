@@ -130,7 +130,8 @@ pub(crate) async fn recover(sb: &Arc<SandboxInner>) -> Result<RecoveryReport, Sa
             let (removed, errors) = remove_tree(host, &parent.join(&child));
             report.cgroups_removed += removed;
             report.errors.extend(errors);
-            if removed > 0 {
+            // The previous daemon's freezer keeper is no instance.
+            if removed > 0 && child != crate::sandbox::FREEZER_KEEPER {
                 instances.insert(child);
             }
         }

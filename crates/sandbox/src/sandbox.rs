@@ -2,7 +2,7 @@
 //! layout, the connector thread, the directories.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tracing::{debug, info, warn};
 
@@ -33,7 +33,17 @@ pub(crate) struct SandboxInner {
     pub nofile_hard: u64,
     /// Whether memory+swap can be limited.
     pub limit_swap: bool,
+    /// The freezer keeper's cgroup, made at the first freeze (`keep_freezer_on`).
+    pub freezer_keeper: OnceLock<Option<PathBuf>>,
 }
+
+/// An empty cgroup under the parent that stays frozen while the sandbox runs. While any cgroup
+/// is frozen the kernel keeps its freezer switched on (a static key); thawing the *last* frozen
+/// cgroup switches it off — patching kernel code and interrupting every CPU, 0.8–5 ms on a busy
+/// host — and the next freeze switches it on again. With this one always frozen, a thaw is a
+/// plain write: 5–10 µs instead of about 80 µs here, and no stall on a loaded machine. The
+/// leading dot keeps it apart from instance ids, which may not start with one.
+pub(crate) const FREEZER_KEEPER: &str = ".wharf-freezer-on";
 
 impl std::fmt::Debug for Sandbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -70,6 +80,35 @@ fn create_dir(path: &Path) -> Result<(), SandboxError> {
     };
     std::fs::create_dir_all(path).map_err(err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(err)
+}
+
+impl SandboxInner {
+    /// Makes the frozen, empty keeper cgroup ([`FREEZER_KEEPER`]) once, before the first freeze;
+    /// the instance's own cgroup, made by the runtime, means the parent exists. A failure only
+    /// costs thaw speed: it is logged and not tried again.
+    pub fn keep_freezer_on(&self) {
+        self.freezer_keeper.get_or_init(|| {
+            let files = self.cgroups.freezer(&self.config.cgroup_parent, FREEZER_KEEPER)?;
+            let dir = files.control.parent()?.to_path_buf();
+            let made = std::fs::create_dir(&dir)
+                .or_else(|e| match e.kind() {
+                    std::io::ErrorKind::AlreadyExists => Ok(()),
+                    _ => Err(e),
+                })
+                .and_then(|()| std::fs::write(&files.control, files.kind.request(true)));
+            match made {
+                Ok(()) => {
+                    debug!(dir = %dir.display(), "freezer keeper frozen");
+                    Some(dir)
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_dir(&dir);
+                    warn!(dir = %dir.display(), error = %e, "no freezer keeper: thaws may be slower");
+                    None
+                }
+            }
+        });
+    }
 }
 
 impl Sandbox {
@@ -141,6 +180,7 @@ impl Sandbox {
                 run_dir,
                 nofile_hard,
                 limit_swap,
+                freezer_keeper: OnceLock::new(),
             }),
         })
     }
@@ -170,6 +210,13 @@ impl Sandbox {
     /// first.
     pub async fn shutdown(&self) {
         let inner = &self.inner;
+        if let Some(Some(keeper)) = inner.freezer_keeper.get() {
+            match inner.host.remove_dir(keeper) {
+                Ok(()) => debug!(dir = %keeper.display(), "removed the freezer keeper"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => warn!(dir = %keeper.display(), error = %e, "freezer keeper not removed"),
+            }
+        }
         for dir in inner.cgroups.parent_dirs(&inner.config.cgroup_parent) {
             match inner.host.remove_dir(&dir) {
                 Ok(()) => debug!(dir = %dir.display(), "removed parent cgroup"),

@@ -266,6 +266,9 @@ impl Env {
                 .unwrap()
                 .flatten()
                 .filter(|e| e.file_type().unwrap().is_dir())
+                // The sandbox's frozen keeper (`.wharf-freezer-on`) goes at shutdown, checked
+                // below with the parent.
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
                 .map(|e| e.path())
                 .collect();
             assert!(children.is_empty(), "instance cgroups left: {children:?}");
