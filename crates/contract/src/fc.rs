@@ -1,7 +1,7 @@
 //! Alibaba Function Compute custom container (`fc`), CONTRACTS.md §1.
 //!
-//! Event functions get `POST /invoke` with the event as an octet-stream body; the initialize hook
-//! is `POST /initialize`. Success is status 200, failure 404, and `x-fc-status` (when present)
+//! Event functions get `POST /invoke` with the event as an octet-stream body; the hooks are
+//! `POST /initialize`, `GET /pre-freeze` and `GET /pre-stop`. Success is status 200, failure 404, and `x-fc-status` (when present)
 //! overrides the status line — a server that cannot change its status code can still report an
 //! error.
 
@@ -11,7 +11,8 @@ use http::header::{CONTENT_TYPE, HOST};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 
 use crate::{
-    Contract, ContractKind, FunctionContext, HookOutcome, Outcome, Prepared, RequestTemplate,
+    Contract, ContractKind, FunctionContext, Hook, HookOutcome, Outcome, Prepared, RequestTemplate,
+    header,
 };
 
 /// The default `CAPort`.
@@ -35,13 +36,8 @@ const RESERVED_RESPONSE_HEADERS: &[&str] = &[
     "transfer-encoding",
 ];
 
-fn header(v: impl ToString) -> HeaderValue {
-    // Every value we put here is built from validated names and numbers.
-    HeaderValue::from_str(&v.to_string()).unwrap_or_else(|_| HeaderValue::from_static(""))
-}
-
 impl Fc {
-    fn template(&self, f: &FunctionContext, path: &'static str) -> RequestTemplate {
+    fn template(&self, f: &FunctionContext, method: Method, path: &'static str) -> RequestTemplate {
         let mut h = HeaderMap::with_capacity(16);
         h.insert(HOST, header(format_args!("127.0.0.1:{}", f.port)));
         h.insert(
@@ -79,7 +75,7 @@ impl Fc {
             );
         }
         RequestTemplate {
-            method: Method::POST,
+            method,
             uri: http::Uri::from_static(path),
             headers: h,
             request_id_header: Some(HeaderName::from_static("x-fc-request-id")),
@@ -105,6 +101,18 @@ impl Contract for Fc {
         None
     }
 
+    fn root_allowed(&self) -> bool {
+        true
+    }
+
+    fn read_only_rootfs(&self) -> bool {
+        false
+    }
+
+    fn supports_hook(&self, _hook: Hook) -> bool {
+        true
+    }
+
     fn environment(&self, f: &FunctionContext) -> Vec<(String, String)> {
         vec![
             ("FC_FUNCTION_NAME".into(), f.name.clone()),
@@ -120,10 +128,16 @@ impl Contract for Fc {
 
     fn prepare(&self, f: &FunctionContext) -> Prepared {
         Prepared {
-            invoke: self.template(f, "/invoke"),
+            invoke: self.template(f, Method::POST, "/invoke"),
             initialize: f
                 .initializer_timeout
-                .map(|_| self.template(f, "/initialize")),
+                .map(|_| self.template(f, Method::POST, "/initialize")),
+            pre_freeze: f
+                .pre_freeze_timeout
+                .map(|_| self.template(f, Method::GET, "/pre-freeze")),
+            pre_stop: f
+                .pre_stop_timeout
+                .map(|_| self.template(f, Method::GET, "/pre-stop")),
         }
     }
 
@@ -181,6 +195,8 @@ mod tests {
             memory_mb: 256,
             timeout: Duration::from_secs(30),
             initializer_timeout: initializer.map(Duration::from_secs),
+            pre_freeze_timeout: None,
+            pre_stop_timeout: None,
             port: 9000,
             qualifier: "LATEST".into(),
             version: "LATEST".into(),
@@ -230,6 +246,24 @@ mod tests {
             req.headers()["x-fc-control-path"].to_str().unwrap(),
             "/initialize"
         );
+    }
+
+    #[test]
+    fn freeze_and_stop_hooks_are_gets_when_configured() {
+        let none = Fc.prepare(&ctx(None));
+        assert!(none.pre_freeze.is_none() && none.pre_stop.is_none());
+        let mut f = ctx(None);
+        f.pre_freeze_timeout = Some(Duration::from_secs(2));
+        f.pre_stop_timeout = Some(Duration::from_secs(4));
+        let p = Fc.prepare(&f);
+        for (template, path) in [(p.pre_freeze, "/pre-freeze"), (p.pre_stop, "/pre-stop")] {
+            let req = template.unwrap().request("r", Bytes::new());
+            assert_eq!(req.method(), Method::GET);
+            assert_eq!(req.uri(), path);
+            assert_eq!(req.headers()["x-fc-control-path"].to_str().unwrap(), path);
+            assert_eq!(req.headers()["x-fc-request-id"].to_str().unwrap(), "r");
+        }
+        assert!(Fc.root_allowed() && !Fc.read_only_rootfs());
     }
 
     #[test]

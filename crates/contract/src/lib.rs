@@ -11,8 +11,12 @@
 //! a pure function of its inputs, unit-testable without a network.
 
 mod fc;
+mod functiongraph;
+mod scf;
 
 pub use fc::Fc;
+pub use functiongraph::FunctionGraph;
+pub use scf::Scf;
 
 use std::fmt;
 use std::str::FromStr;
@@ -27,21 +31,25 @@ use serde::{Deserialize, Serialize};
 /// The request type adapters produce: a complete body, ready to send.
 pub type ContractRequest = Request<Full<Bytes>>;
 
-/// The dialects Wharf speaks. Only `fc` is implemented so far; the names of the others are
-/// recognised so that the error says they are not supported yet rather than that they are unknown.
+/// The dialects Wharf speaks. The names of those not implemented yet are recognised, so that the
+/// error says they are not supported yet rather than that they are unknown.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ContractKind {
     Fc,
+    Functiongraph,
+    Scf,
 }
 
 impl ContractKind {
-    pub const SUPPORTED: &'static [&'static str] = &["fc"];
-    const PLANNED: &'static [&'static str] = &["functiongraph", "scf", "lambda", "http"];
+    pub const SUPPORTED: &'static [&'static str] = &["fc", "functiongraph", "scf"];
+    const PLANNED: &'static [&'static str] = &["lambda", "http"];
 
     pub fn as_str(self) -> &'static str {
         match self {
             ContractKind::Fc => "fc",
+            ContractKind::Functiongraph => "functiongraph",
+            ContractKind::Scf => "scf",
         }
     }
 }
@@ -65,6 +73,8 @@ impl FromStr for ContractKind {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "fc" => Ok(ContractKind::Fc),
+            "functiongraph" => Ok(ContractKind::Functiongraph),
+            "scf" => Ok(ContractKind::Scf),
             other if ContractKind::PLANNED.contains(&other) => {
                 Err(ParseContractError::NotYetSupported(other.to_string()))
             }
@@ -72,6 +82,25 @@ impl FromStr for ContractKind {
         }
     }
 }
+
+/// A header value from something Wharf built (validated names, numbers); never fails.
+pub(crate) fn header(v: impl ToString) -> http::HeaderValue {
+    http::HeaderValue::from_str(&v.to_string())
+        .unwrap_or_else(|_| http::HeaderValue::from_static(""))
+}
+
+/// Response headers that describe the connection or the framing of the instance's answer, not
+/// the function's result: never passed on to the caller.
+pub(crate) const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "content-length",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
 
 /// What an instance printed, for an error message: trimmed, or a note that it printed nothing.
 pub fn printed(output: &str) -> &str {
@@ -85,6 +114,8 @@ pub fn printed(output: &str) -> &str {
 pub fn adapter(kind: ContractKind) -> Arc<dyn Contract> {
     match kind {
         ContractKind::Fc => Arc::new(Fc),
+        ContractKind::Functiongraph => Arc::new(FunctionGraph),
+        ContractKind::Scf => Arc::new(Scf),
     }
 }
 
@@ -97,6 +128,10 @@ pub struct FunctionContext {
     pub timeout: Duration,
     /// The initialize hook's timeout, when the function has an initializer.
     pub initializer_timeout: Option<Duration>,
+    /// The pre-freeze hook's timeout, when the function has one.
+    pub pre_freeze_timeout: Option<Duration>,
+    /// The pre-stop hook's timeout, when the function has one.
+    pub pre_stop_timeout: Option<Duration>,
     /// The port the function's server listens on inside its instance.
     pub port: u16,
     /// Alias or `LATEST`.
@@ -142,6 +177,32 @@ pub struct Prepared {
     pub invoke: RequestTemplate,
     /// The initialize hook's request, if the function has an initializer.
     pub initialize: Option<RequestTemplate>,
+    /// The pre-freeze hook's request (before an idle instance is frozen), if configured.
+    pub pre_freeze: Option<RequestTemplate>,
+    /// The pre-stop hook's request (before an instance gets SIGTERM), if configured.
+    pub pre_stop: Option<RequestTemplate>,
+}
+
+/// The lifecycle hooks a contract may call on an instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Hook {
+    /// Once per instance, before its first invocation.
+    Initialize,
+    /// Before an idle instance is frozen.
+    PreFreeze,
+    /// Before an instance is stopped.
+    PreStop,
+}
+
+impl Hook {
+    /// The function field that configures the hook.
+    pub fn field(self) -> &'static str {
+        match self {
+            Hook::Initialize => "initializer",
+            Hook::PreFreeze => "pre_freeze",
+            Hook::PreStop => "pre_stop",
+        }
+    }
 }
 
 /// How the function answered an invocation.
@@ -170,12 +231,17 @@ pub enum HookOutcome {
 ///
 /// - once per function revision: [`default_port`](Contract::default_port),
 ///   [`start_deadline`](Contract::start_deadline), [`default_user`](Contract::default_user),
-///   [`prepare`](Contract::prepare) (the requests, but for their id and body);
+///   [`prepare`](Contract::prepare) (the requests, but for their id and body),
+///   [`root_allowed`](Contract::root_allowed), [`read_only_rootfs`](Contract::read_only_rootfs),
+///   [`supports_hook`](Contract::supports_hook) (also at deploy, to validate the function);
 /// - once per instance, before it starts: [`environment`](Contract::environment);
 /// - once per instance, after its server listens, until it succeeds: the prepared initialize
 ///   request, then [`classify_hook`](Contract::classify_hook);
 /// - per invocation: the prepared invoke request, then [`classify`](Contract::classify) and
 ///   [`response_header_allowed`](Contract::response_header_allowed) for each header;
+/// - before an idle instance is frozen, and before an instance is stopped: the prepared
+///   pre-freeze and pre-stop requests (when configured), then
+///   [`classify_hook`](Contract::classify_hook);
 /// - when an instance never listens: [`not_started_message`](Contract::not_started_message).
 ///
 /// No method blocks or does I/O.
@@ -187,6 +253,13 @@ pub trait Contract: Send + Sync + 'static {
     fn start_deadline(&self) -> Duration;
     /// The uid/gid instances run as when the function does not say; `None`: the image's `USER`.
     fn default_user(&self) -> Option<(u32, u32)>;
+    /// Whether instances may run as root (uid 0). FunctionGraph's may not.
+    fn root_allowed(&self) -> bool;
+    /// Whether the image's files are read-only unless the function says otherwise (SCF: only
+    /// `/tmp` is writable).
+    fn read_only_rootfs(&self) -> bool;
+    /// Whether the contract has `hook` (a function configuring another is refused at deploy).
+    fn supports_hook(&self, hook: Hook) -> bool;
     /// Variables the contract promises the image, applied over the image's own environment
     /// and under the function's.
     fn environment(&self, f: &FunctionContext) -> Vec<(String, String)>;
@@ -210,12 +283,28 @@ mod tests {
     #[test]
     fn contract_names_parse_with_helpful_errors() {
         assert_eq!("fc".parse::<ContractKind>(), Ok(ContractKind::Fc));
-        let e = "scf".parse::<ContractKind>().unwrap_err();
+        assert_eq!("scf".parse::<ContractKind>(), Ok(ContractKind::Scf));
+        assert_eq!(
+            "functiongraph".parse::<ContractKind>(),
+            Ok(ContractKind::Functiongraph)
+        );
+        let e = "lambda".parse::<ContractKind>().unwrap_err();
         assert_eq!(
             e.to_string(),
-            "contract `scf` is not supported yet; supported: fc"
+            "contract `lambda` is not supported yet; supported: fc, functiongraph, scf"
         );
         let e = "soap".parse::<ContractKind>().unwrap_err();
-        assert_eq!(e.to_string(), "unknown contract `soap`; supported: fc");
+        assert_eq!(
+            e.to_string(),
+            "unknown contract `soap`; supported: fc, functiongraph, scf"
+        );
+        for kind in [
+            ContractKind::Fc,
+            ContractKind::Functiongraph,
+            ContractKind::Scf,
+        ] {
+            assert_eq!(kind.as_str().parse::<ContractKind>(), Ok(kind));
+            assert_eq!(adapter(kind).kind(), kind);
+        }
     }
 }
