@@ -140,7 +140,12 @@ impl From<InvokeError> for ApiError {
 
 impl From<DeployError> for ApiError {
     fn from(e: DeployError) -> Self {
-        ApiError::new(StatusCode::BAD_REQUEST, "InvalidArgument", e.to_string())
+        let (status, code) = match &e {
+            DeployError::Invalid { .. } => (StatusCode::BAD_REQUEST, "InvalidArgument"),
+            // The host, not the request: the operator has to act (the message says how).
+            DeployError::Network { .. } => (StatusCode::SERVICE_UNAVAILABLE, "NetworkUnavailable"),
+        };
+        ApiError::new(status, code, e.to_string())
     }
 }
 

@@ -12,10 +12,11 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
-use wharf_contract::ContractKind;
+use wharf_contract::{Contract, ContractKind, Hook};
 use wharf_image::{PullOptions, RegistryAuth};
 use wharf_pool::FunctionSpec;
-use wharf_store::{FunctionRecord, Initializer, RegistryCredentials, unix_ms};
+use wharf_sandbox::{BindMount, NetworkMode};
+use wharf_store::{FunctionRecord, Initializer, MountRecord, RegistryCredentials, unix_ms};
 
 use crate::logs::StoreLog;
 use crate::{ApiError, App};
@@ -27,12 +28,32 @@ pub const MEMORY_MB_RANGE: (i64, i64) = (64, 32 * 1024);
 pub const TIMEOUT_S_RANGE: (i64, i64) = (1, 86_400);
 pub const INITIALIZER_TIMEOUT_S_RANGE: (i64, i64) = (1, 300);
 pub const INITIALIZER_DEFAULT_TIMEOUT_S: u32 = 3;
+/// The pre-freeze and pre-stop hooks' timeouts.
+pub const HOOK_TIMEOUT_S_RANGE: (i64, i64) = (1, 300);
+pub const HOOK_DEFAULT_TIMEOUT_S: u32 = 3;
+/// The writable layer's size, in MB (FC allows up to 10 GB).
+pub const DISK_MB_RANGE: (i64, i64) = (16, 10 * 1024);
+/// FC's and SCF's writable layer; see [`default_disk_mb`].
+pub const DEFAULT_DISK_MB: u32 = 512;
+/// Host paths mounted into one function's instances, at most.
+pub const MAX_MOUNTS: usize = 16;
 pub const DEFAULT_MEMORY_MB: u32 = 128;
 pub const DEFAULT_TIMEOUT_S: u32 = 60;
 /// Total size of the function's environment (names and values).
 pub const ENV_MAX_BYTES: usize = 64 * 1024;
 /// Largest uid/gid accepted (ids above are reserved or overflow in some tools).
 pub const ID_MAX: i64 = 0x7fff_ffff;
+
+/// The writable layer when the function does not say: 512 MB (what FC and SCF give), but at
+/// most half of the memory limit. Its files live in memory (tmpfs, charged to the instance's
+/// memory cgroup), so a disk as large as the memory would let a full `/tmp` end in an OOM kill
+/// instead of `ENOSPC`; with half, a function that fills its disk gets the error it can handle
+/// and keeps half its memory.
+pub fn default_disk_mb(memory_mb: u32) -> u32 {
+    DEFAULT_DISK_MB
+        .min(memory_mb / 2)
+        .max(DISK_MB_RANGE.0 as u32)
+}
 
 /// The body of `PUT /v1/functions/{name}`. A PUT replaces the whole configuration: a field left
 /// out takes its default.
@@ -53,6 +74,22 @@ pub struct FunctionRequest {
     pub initializer: Option<InitializerRequest>,
     pub registry_auth: Option<RegistryAuthRequest>,
     pub prepull: Option<bool>,
+    pub pre_freeze: Option<InitializerRequest>,
+    pub pre_stop: Option<InitializerRequest>,
+    pub disk_mb: Option<i64>,
+    pub read_only_rootfs: Option<bool>,
+    pub mounts: Option<Vec<MountRequest>>,
+    pub network: Option<String>,
+    pub freeze_idle: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MountRequest {
+    pub source: String,
+    pub target: String,
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -86,6 +123,62 @@ pub struct ValidFunction {
     pub registry_auth: Option<RegistryCredentials>,
     /// Pull the image at deploy (true), or only resolve it to a digest (false).
     pub prepull: bool,
+    pub pre_freeze: Option<Initializer>,
+    pub pre_stop: Option<Initializer>,
+    pub disk_mb: u32,
+    pub read_only_rootfs: bool,
+    pub mounts: Vec<MountRecord>,
+    pub network: NetworkMode,
+    pub freeze_idle: bool,
+}
+
+/// `none` or `bridge`, as stored and shown.
+pub fn network_name(mode: NetworkMode) -> &'static str {
+    match mode {
+        NetworkMode::None => "none",
+        NetworkMode::Bridge => "bridge",
+    }
+}
+
+fn parse_network(name: &str) -> Option<NetworkMode> {
+    match name {
+        "none" => Some(NetworkMode::None),
+        "bridge" => Some(NetworkMode::Bridge),
+        _ => None,
+    }
+}
+
+fn bind_mount(m: &MountRecord) -> BindMount {
+    BindMount {
+        source: m.source.clone().into(),
+        target: m.target.clone(),
+        read_only: m.read_only,
+    }
+}
+
+/// A hook's `{"timeout_s": …}`, checked against the contract.
+fn hook(
+    contract: &dyn Contract,
+    hook: Hook,
+    req: Option<InitializerRequest>,
+    (range, default): ((i64, i64), u32),
+) -> Result<Option<Initializer>, ApiError> {
+    let Some(req) = req else { return Ok(None) };
+    let field = hook.field();
+    if !contract.supports_hook(hook) {
+        return Err(ApiError::invalid(
+            field,
+            format!(
+                "contract {} has no {field} hook; leave it out",
+                contract.kind()
+            ),
+        ));
+    }
+    let timeout_s = match req.timeout_s {
+        None => default,
+        Some(t) => in_range(&format!("{field}.timeout_s"), t, range, " seconds")? as u32,
+    };
+    Ok(Some(Initializer { timeout_s }))
 }
 
 /// FunctionGraph's rule: letters, digits, `_` and `-`, at most 60 characters, starting with a
@@ -228,21 +321,55 @@ pub fn validate(req: FunctionRequest) -> Result<ValidFunction, ApiError> {
         .gid
         .map(|g| in_range("gid", g, (0, ID_MAX), "").map(|g| g as u32))
         .transpose()?;
-    let initializer = req
-        .initializer
-        .map(|i| {
-            let timeout_s = match i.timeout_s {
-                None => INITIALIZER_DEFAULT_TIMEOUT_S,
-                Some(t) => in_range(
-                    "initializer.timeout_s",
-                    t,
-                    INITIALIZER_TIMEOUT_S_RANGE,
-                    " seconds",
-                )? as u32,
-            };
-            Ok::<_, ApiError>(Initializer { timeout_s })
-        })
-        .transpose()?;
+    if !adapter.root_allowed() {
+        for (field, id) in [("uid", uid), ("gid", gid)] {
+            if id == Some(0) {
+                let default = adapter
+                    .default_user()
+                    .map(|(u, g)| format!("; leave it out for the default {u}:{g}"))
+                    .unwrap_or_default();
+                return Err(ApiError::invalid(
+                    field,
+                    format!(
+                        "0 (root) is not allowed: contract {contract} never runs instances as \
+                         root{default}"
+                    ),
+                ));
+            }
+        }
+    }
+    let initializer = hook(
+        adapter.as_ref(),
+        Hook::Initialize,
+        req.initializer,
+        (INITIALIZER_TIMEOUT_S_RANGE, INITIALIZER_DEFAULT_TIMEOUT_S),
+    )?;
+    let pre_freeze = hook(
+        adapter.as_ref(),
+        Hook::PreFreeze,
+        req.pre_freeze,
+        (HOOK_TIMEOUT_S_RANGE, HOOK_DEFAULT_TIMEOUT_S),
+    )?;
+    let pre_stop = hook(
+        adapter.as_ref(),
+        Hook::PreStop,
+        req.pre_stop,
+        (HOOK_TIMEOUT_S_RANGE, HOOK_DEFAULT_TIMEOUT_S),
+    )?;
+    let disk_mb = match req.disk_mb {
+        None => default_disk_mb(memory_mb),
+        Some(d) => in_range("disk_mb", d, DISK_MB_RANGE, " MB")? as u32,
+    };
+    let network = match req.network.as_deref() {
+        None => NetworkMode::None,
+        Some(n) => parse_network(n).ok_or_else(|| {
+            ApiError::invalid(
+                "network",
+                format!("{n:?} is not a network mode: none or bridge"),
+            )
+        })?,
+    };
+    let mounts = validate_mounts(req.mounts.unwrap_or_default())?;
     let registry_auth = match req.registry_auth {
         None => None,
         Some(a) if a.username.is_empty() || a.password.is_empty() => {
@@ -271,7 +398,55 @@ pub fn validate(req: FunctionRequest) -> Result<ValidFunction, ApiError> {
         initializer,
         registry_auth,
         prepull: req.prepull.unwrap_or(true),
+        pre_freeze,
+        pre_stop,
+        disk_mb,
+        read_only_rootfs: req
+            .read_only_rootfs
+            .unwrap_or_else(|| adapter.read_only_rootfs()),
+        mounts,
+        network,
+        freeze_idle: req.freeze_idle.unwrap_or(true),
     })
+}
+
+/// The sandbox's rules for each mount (absolute, normalised paths; nothing over `/proc`, `/sys`,
+/// `/dev`, `/tmp` or `/`; no two on one target), and a source that exists on this machine now
+/// (the server's: the API and the instances run on the same host). The sandbox checks the
+/// source again at each start, since it may change.
+fn validate_mounts(requests: Vec<MountRequest>) -> Result<Vec<MountRecord>, ApiError> {
+    if requests.len() > MAX_MOUNTS {
+        return Err(ApiError::invalid(
+            "mounts",
+            format!("{} mounts, the limit is {MAX_MOUNTS}", requests.len()),
+        ));
+    }
+    let mut records = Vec::with_capacity(requests.len());
+    for (i, m) in requests.into_iter().enumerate() {
+        let field = format!("mounts[{i}]");
+        no_nul(&field, &m.source)?;
+        no_nul(&field, &m.target)?;
+        let record = MountRecord {
+            source: m.source,
+            target: m.target,
+            read_only: m.read_only,
+        };
+        wharf_sandbox::validate_mount(&bind_mount(&record))
+            .map_err(|e| ApiError::invalid(&field, e))?;
+        if let Err(e) = std::fs::metadata(&record.source) {
+            return Err(ApiError::invalid(
+                &format!("{field}.source"),
+                format!(
+                    "{} cannot be used on the server: {e}; create it there first",
+                    record.source
+                ),
+            ));
+        }
+        records.push(record);
+    }
+    let binds: Vec<BindMount> = records.iter().map(bind_mount).collect();
+    wharf_sandbox::validate_mounts(&binds).map_err(|e| ApiError::invalid("mounts", e))?;
+    Ok(records)
 }
 
 /// What the API shows of a function. The registry password is never shown.
@@ -298,6 +473,15 @@ pub struct FunctionView {
     pub gid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub initializer: Option<Initializer>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pre_freeze: Option<Initializer>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pre_stop: Option<Initializer>,
+    pub disk_mb: u32,
+    pub read_only_rootfs: bool,
+    pub mounts: Vec<MountRecord>,
+    pub network: String,
+    pub freeze_idle: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub registry_auth: Option<RegistryAuthView>,
     pub prepull: bool,
@@ -333,6 +517,13 @@ impl From<&FunctionRecord> for FunctionView {
             uid: r.uid,
             gid: r.gid,
             initializer: r.initializer.clone(),
+            pre_freeze: r.pre_freeze.clone(),
+            pre_stop: r.pre_stop.clone(),
+            disk_mb: r.disk_mb.unwrap_or_else(|| default_disk_mb(r.memory_mb)),
+            read_only_rootfs: r.read_only_rootfs,
+            mounts: r.mounts.clone(),
+            network: r.network.clone(),
+            freeze_idle: r.freeze_idle,
             registry_auth: r.registry_auth.as_ref().map(|a| RegistryAuthView {
                 username: a.username.clone(),
             }),
@@ -353,6 +544,14 @@ pub(crate) fn spec_of(app: &App, r: &FunctionRecord) -> Result<FunctionSpec, Api
             format!("stored function {} has an unusable contract: {e}", r.name),
         )
     })?;
+    let network = parse_network(&r.network).ok_or_else(|| {
+        ApiError::internal(format!(
+            "stored function {} has an unknown network mode {:?}",
+            r.name, r.network
+        ))
+    })?;
+    let secs =
+        |h: &Option<Initializer>| h.as_ref().map(|i| Duration::from_secs(i.timeout_s.into()));
     Ok(FunctionSpec {
         name: r.name.clone(),
         revision: r.revision,
@@ -370,6 +569,13 @@ pub(crate) fn spec_of(app: &App, r: &FunctionRecord) -> Result<FunctionSpec, Api
             .initializer
             .as_ref()
             .map(|i| Duration::from_secs(i.timeout_s.into())),
+        pre_freeze_timeout: secs(&r.pre_freeze),
+        pre_stop_timeout: secs(&r.pre_stop),
+        disk_mb: r.disk_mb.unwrap_or_else(|| default_disk_mb(r.memory_mb)),
+        read_only_rootfs: r.read_only_rootfs,
+        mounts: r.mounts.iter().map(bind_mount).collect(),
+        network,
+        freeze_idle: r.freeze_idle,
         image_pinned: r.image_pinned.clone(),
         registry_auth: registry_auth(r.registry_auth.as_ref()),
         log: Arc::new(StoreLog::new(&app.logs, &r.name)),
@@ -493,6 +699,11 @@ async fn deploy(
     options: &PullOptions,
 ) -> Result<(StatusCode, FunctionView), ApiError> {
     let _serialised = app.lock_function(&name).await;
+    if valid.network == NetworkMode::Bridge {
+        // Once per daemon: the bridge and its NAT. A host that cannot have them fails the
+        // deploy now, not every cold start later.
+        app.pool.prepare_network().await?;
+    }
     let auth = registry_auth(valid.registry_auth.as_ref());
     // The lease keeps a prune from removing the image before the function is stored.
     let (pinned, digest, _lease) = if valid.prepull {
@@ -546,6 +757,13 @@ async fn deploy(
         uid: valid.uid,
         gid: valid.gid,
         initializer: valid.initializer,
+        pre_freeze: valid.pre_freeze,
+        pre_stop: valid.pre_stop,
+        disk_mb: Some(valid.disk_mb),
+        read_only_rootfs: valid.read_only_rootfs,
+        mounts: valid.mounts,
+        network: network_name(valid.network).to_string(),
+        freeze_idle: valid.freeze_idle,
         registry_auth: valid.registry_auth,
         prepull: valid.prepull,
         revision: existing.as_ref().map_or(1, |e| e.revision + 1),
@@ -661,6 +879,17 @@ mod tests {
         assert!(v.prepull, "deploy pulls unless told not to");
         let v = req(serde_json::json!({"image": "r/x:1", "prepull": false})).unwrap();
         assert!(!v.prepull);
+        assert_eq!(v.disk_mb, 64, "half of the default 128 MB");
+        assert!(!v.read_only_rootfs && v.freeze_idle && v.mounts.is_empty());
+        assert_eq!(v.network, NetworkMode::None);
+        let v = req(serde_json::json!({"image": "r/x:1", "contract": "scf", "memory_mb": 2048}))
+            .unwrap();
+        assert!(v.read_only_rootfs, "the contract's default");
+        assert_eq!(v.disk_mb, DEFAULT_DISK_MB);
+        let v = req(serde_json::json!({"image": "r/x:1", "contract": "functiongraph"})).unwrap();
+        assert_eq!(v.port, 8000);
+        assert_eq!(default_disk_mb(64), 32);
+        assert_eq!(default_disk_mb(32 * 1024), 512);
         let v = req(serde_json::json!({"image": "r/x:1", "initializer": {}})).unwrap();
         assert_eq!(
             v.initializer,
@@ -687,8 +916,37 @@ mod tests {
                 "port: 70000 is out of range",
             ),
             (
-                serde_json::json!({"image": "x", "contract": "scf"}),
-                "contract: contract `scf` is not supported yet",
+                serde_json::json!({"image": "x", "contract": "lambda"}),
+                "contract: contract `lambda` is not supported yet",
+            ),
+            (
+                serde_json::json!({"image": "x", "contract": "functiongraph", "uid": 0}),
+                "uid: 0 (root) is not allowed: contract functiongraph never runs instances as \
+                 root; leave it out for the default 1003:1003",
+            ),
+            (
+                serde_json::json!({"image": "x", "contract": "scf", "initializer": {}}),
+                "initializer: contract scf has no initializer hook",
+            ),
+            (
+                serde_json::json!({"image": "x", "pre_stop": {"timeout_s": 0}}),
+                "pre_stop.timeout_s: 0 is out of range",
+            ),
+            (
+                serde_json::json!({"image": "x", "disk_mb": 8}),
+                "disk_mb: 8 is out of range: must be between 16 and 10240 MB",
+            ),
+            (
+                serde_json::json!({"image": "x", "network": "host"}),
+                "network: \"host\" is not a network mode: none or bridge",
+            ),
+            (
+                serde_json::json!({"image": "x", "mounts": [{"source": "/tmp", "target": "rel"}]}),
+                "mounts[0]: ",
+            ),
+            (
+                serde_json::json!({"image": "x", "mounts": [{"source": "/", "target": "/x", "ro": true}]}),
+                "unknown field `ro`",
             ),
             (
                 serde_json::json!({"image": "x", "working_dir": "rel"}),

@@ -20,6 +20,8 @@ pub const INSTANCE_ID: HeaderName = HeaderName::from_static("x-wharf-instance-id
 pub const COLD_START: HeaderName = HeaderName::from_static("x-wharf-cold-start");
 pub const DURATION_MS: HeaderName = HeaderName::from_static("x-wharf-duration-ms");
 pub const INIT_DURATION_MS: HeaderName = HeaderName::from_static("x-wharf-init-duration-ms");
+/// Present when the instance was frozen and thawed for this call: how long the thaw took.
+pub const THAW_DURATION_MS: HeaderName = HeaderName::from_static("x-wharf-thaw-duration-ms");
 /// The instance's memory peak so far, in MB rounded up (Lambda's "Max Memory Used").
 pub const MEMORY_PEAK_MB: HeaderName = HeaderName::from_static("x-wharf-memory-peak-mb");
 /// Present when the function ran and reported a failure; the value says how.
@@ -112,6 +114,9 @@ pub async fn invoke(
             h.insert(DURATION_MS, ms(inv.duration));
             if let Some(d) = inv.init_duration {
                 h.insert(INIT_DURATION_MS, ms(d));
+            }
+            if let Some(d) = inv.thaw_duration {
+                h.insert(THAW_DURATION_MS, ms(d));
             }
             if let Some(peak) = inv.memory_peak_bytes {
                 h.insert(

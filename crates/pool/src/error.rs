@@ -3,12 +3,17 @@
 use std::time::Duration;
 
 use wharf_image::ImageError;
-use wharf_sandbox::{ExitInfo, StartError};
+use wharf_sandbox::{ExitInfo, NetworkError, StartError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
     #[error("function {name} cannot be deployed: {reason}")]
     Invalid { name: String, reason: String },
+    #[error("bridge networking cannot be set up on this host: {source}")]
+    Network {
+        #[source]
+        source: NetworkError,
+    },
 }
 
 /// Why an invocation produced no answer from the function. Function errors (the function ran and
@@ -29,7 +34,7 @@ pub enum InvokeError {
          command: set `command` on the function"
     )]
     NoCommand { name: String, image: String },
-    #[error("function {name}: the instance could not be created: {source}")]
+    #[error("function {name}: the instance could not be created: {}", chain(source.as_ref()))]
     StartFailed {
         name: String,
         #[source]
@@ -93,6 +98,19 @@ pub enum InvokeError {
     ShuttingDown,
     #[error("internal error while invoking function {name}: {reason}")]
     Internal { name: String, reason: String },
+}
+
+/// `error: its source: …`: a start error's own message often says only which step failed, its
+/// sources say why (a refused mount, an unknown user).
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
 }
 
 impl InvokeError {

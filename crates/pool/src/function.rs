@@ -4,9 +4,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use wharf_contract::{Contract, ContractKind, FunctionContext, Prepared};
+use wharf_contract::{Contract, ContractKind, FunctionContext, Hook, Prepared};
 use wharf_image::RegistryAuth;
-use wharf_sandbox::OutputSink;
+use wharf_sandbox::{BindMount, NetworkMode, OutputSink};
 
 use crate::instance::PoolInstance;
 use crate::{DeployError, PoolConfig};
@@ -37,6 +37,20 @@ pub struct FunctionSpec {
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     pub initializer_timeout: Option<Duration>,
+    /// The pre-freeze hook's timeout, when the function has the hook.
+    pub pre_freeze_timeout: Option<Duration>,
+    /// The pre-stop hook's timeout, when the function has the hook.
+    pub pre_stop_timeout: Option<Duration>,
+    /// The writable layer (the image's changed files and `/tmp`), in MiB. It is memory (tmpfs):
+    /// what is written there counts against `memory_mb`.
+    pub disk_mb: u32,
+    /// The image's files read-only; `/tmp` and read-write mounts stay writable.
+    pub read_only_rootfs: bool,
+    /// Host paths mounted into every instance.
+    pub mounts: Vec<BindMount>,
+    pub network: NetworkMode,
+    /// Freeze instances that have no request (after the pre-freeze hook); thaw on the next.
+    pub freeze_idle: bool,
     /// The image reference pinned by digest.
     pub image_pinned: String,
     pub registry_auth: RegistryAuth,
@@ -65,18 +79,32 @@ pub(crate) struct Revision {
 
 impl Revision {
     pub fn new(spec: FunctionSpec, config: &PoolConfig) -> Result<Arc<Revision>, DeployError> {
-        if spec.memory_mb == 0 || spec.timeout.is_zero() {
+        if spec.memory_mb == 0 || spec.timeout.is_zero() || spec.disk_mb == 0 {
             return Err(DeployError::Invalid {
                 name: spec.name.clone(),
-                reason: "memory and timeout must be greater than zero".into(),
+                reason: "memory, disk and timeout must be greater than zero".into(),
             });
         }
         let contract = wharf_contract::adapter(spec.contract);
+        for (hook, configured) in [
+            (Hook::Initialize, spec.initializer_timeout.is_some()),
+            (Hook::PreFreeze, spec.pre_freeze_timeout.is_some()),
+            (Hook::PreStop, spec.pre_stop_timeout.is_some()),
+        ] {
+            if configured && !contract.supports_hook(hook) {
+                return Err(DeployError::Invalid {
+                    name: spec.name.clone(),
+                    reason: format!("contract {} has no {} hook", spec.contract, hook.field()),
+                });
+            }
+        }
         let context = FunctionContext {
             name: spec.name.clone(),
             memory_mb: spec.memory_mb,
             timeout: spec.timeout,
             initializer_timeout: spec.initializer_timeout,
+            pre_freeze_timeout: spec.pre_freeze_timeout,
+            pre_stop_timeout: spec.pre_stop_timeout,
             port: spec.port.unwrap_or_else(|| contract.default_port()),
             qualifier: "LATEST".into(),
             version: "LATEST".into(),
@@ -173,6 +201,7 @@ impl FunctionPool {
                 continue;
             }
             st.busy += 1;
+            i.set_in_use(true);
             return Ok(Acquired::Warm(i));
         }
         if st.busy >= max_instances {
@@ -207,11 +236,27 @@ impl FunctionPool {
         if !healthy || st.retired || !Arc::ptr_eq(&instance.revision, &current) || instance.exited()
         {
             st.members.remove(instance.id());
+            if !healthy {
+                instance.mark_unhealthy();
+            }
             return Some(instance);
         }
         instance.touch();
+        instance.set_in_use(false);
         st.idle.push(instance);
         None
+    }
+
+    /// Takes `instance` out of the idle list (a hook asked for its restart). `false` if a request
+    /// took it meanwhile: then its release decides.
+    pub fn remove_idle(&self, instance: &Arc<PoolInstance>) -> bool {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(at) = st.idle.iter().position(|i| Arc::ptr_eq(i, instance)) else {
+            return false;
+        };
+        st.idle.remove(at);
+        st.members.remove(instance.id());
+        true
     }
 
     /// Marks the function removed; returns its idle instances. Busy ones stop when released.

@@ -1,5 +1,6 @@
 //! An instance as the pool holds it: the sandboxed process, its keep-alive connection, whether
-//! its initialize hook has run, and when it was last used.
+//! its initialize hook has run, when it was last used, whether a request holds it — and its
+//! lifecycle hooks: pre-stop before it is stopped (pre-freeze is in `freeze.rs`).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -9,11 +10,37 @@ use bytes::Bytes;
 use tracing::{debug, warn};
 use wharf_contract::ContractRequest;
 use wharf_image::ImageLease;
-use wharf_sandbox::{Instance, NotListening};
+use wharf_sandbox::{EventSink, Instance, InstanceEvent, NotListening};
 
 use crate::connection::{Conn, ExchangeError};
+use crate::freeze::FreezeState;
+use crate::function::FunctionLog;
 use crate::function::Revision;
 use crate::{InvokeError, PoolInner, instance_spec};
+
+/// Writes what the function's user should know about its instances into the function's log:
+/// OOM kills as they happen (also of processes other than the server, which the request path
+/// never sees). Exits and stops are noted by the pool with more context.
+struct LogEvents {
+    log: Arc<dyn FunctionLog>,
+    memory_mb: u32,
+}
+
+impl EventSink for LogEvents {
+    fn event(&self, instance_id: &str, event: &InstanceEvent) {
+        if let InstanceEvent::OomKill { kills } = event {
+            self.log.system(
+                instance_id,
+                &format!(
+                    "the OOM killer ended a process of the instance ({kills} so far): it reached \
+                     its memory limit of {} MB (memory_mb; files in the writable layer and /tmp \
+                     count too)",
+                    self.memory_mb
+                ),
+            );
+        }
+    }
+}
 
 pub(crate) struct PoolInstance {
     pub revision: Arc<Revision>,
@@ -25,6 +52,14 @@ pub(crate) struct PoolInstance {
     requests: AtomicU64,
     /// The note about the stop is written once, however many callers stop the instance.
     stop_noted: AtomicBool,
+    /// Taken from the idle list by a request (or starting for one), until released.
+    in_use: AtomicBool,
+    /// Set when the pool decides to stop it: the freezer leaves it alone.
+    stopping: AtomicBool,
+    freeze: FreezeState,
+    /// False once a request failed in a way that kills the instance: its stop then skips the
+    /// pre-stop hook (a stuck or broken server would only make the stop wait).
+    healthy: AtomicBool,
     /// Keeps the image's layers (this instance's overlay lowerdirs) from being pruned until the
     /// instance is gone, also after its function was updated or removed.
     _image: ImageLease,
@@ -71,7 +106,11 @@ impl PoolInstance {
             }
         };
         let id = format!("{name}-{}", random_suffix());
-        let instance_spec = instance_spec::build(&revision, &image, &pool.config, &id)?;
+        let events = Arc::new(LogEvents {
+            log: spec.log.clone(),
+            memory_mb: spec.memory_mb,
+        });
+        let instance_spec = instance_spec::build(&revision, &image, &pool.config, &id, events)?;
         let instance =
             pool.sandbox
                 .start(instance_spec)
@@ -145,6 +184,10 @@ impl PoolInstance {
             last_used: Mutex::new(Instant::now()),
             requests: AtomicU64::new(0),
             stop_noted: AtomicBool::new(false),
+            in_use: AtomicBool::new(true),
+            stopping: AtomicBool::new(false),
+            freeze: FreezeState::default(),
+            healthy: AtomicBool::new(true),
             _image: lease,
         });
         let probe = started.clone();
@@ -209,6 +252,26 @@ impl PoolInstance {
         self.requests.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub fn set_in_use(&self, in_use: bool) {
+        self.in_use.store(in_use, Ordering::SeqCst);
+    }
+
+    pub fn in_use(&self) -> bool {
+        self.in_use.load(Ordering::SeqCst)
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn freeze_state(&self) -> &FreezeState {
+        &self.freeze
+    }
+
+    pub fn mark_unhealthy(&self) {
+        self.healthy.store(false, Ordering::Release);
+    }
+
     /// Sends `req` and reads the whole answer (its body at most `limit` bytes), on the
     /// instance's kept connection or on a new one opened through the instance's network
     /// namespace when there is none. A request the kept connection never wrote (the server
@@ -256,15 +319,50 @@ impl PoolInstance {
         Ok(answer)
     }
 
+    /// The pre-stop hook, if the function has one and the instance can still answer it.
+    async fn pre_stop(&self) {
+        let Some(template) = &self.revision.prepared.pre_stop else {
+            return;
+        };
+        let Some(timeout) = self.revision.context.pre_stop_timeout else {
+            return;
+        };
+        if !self.healthy.load(Ordering::Acquire) || self.exited() {
+            return;
+        }
+        if let Err(e) = self.thaw_for_hook().await {
+            warn!(instance = %self.id(), error = %e, "cannot thaw for the pre-stop hook");
+            return;
+        }
+        let log = &self.revision.spec.log;
+        let req = template.request(self.id(), Bytes::new());
+        let outcome = match tokio::time::timeout(timeout, self.exchange(req, 64 * 1024)).await {
+            Ok(Ok((parts, _))) => match self.revision.contract.classify_hook(parts.status) {
+                wharf_contract::HookOutcome::Success => return,
+                _ => format!("answered {}", parts.status),
+            },
+            Ok(Err(e)) => format!("failed: {e}"),
+            Err(_) => format!("did not answer within {timeout:?}"),
+        };
+        log.system(
+            self.id(),
+            &format!("the pre-stop hook {outcome}; stopping the instance anyway"),
+        );
+    }
+
     fn keep(&self, conn: Conn) {
         if !conn.is_closed() {
             *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn);
         }
     }
 
-    /// Stops the instance and notes it in the function's log. Every caller waits until the
-    /// instance is gone (the sandbox's stop is idempotent).
+    /// Stops the instance and notes it in the function's log: the pre-stop hook first (when
+    /// configured, the instance healthy and alive; bounded by its timeout), then SIGTERM, `grace`,
+    /// SIGKILL. Every caller waits until the instance is gone (the sandbox's stop is idempotent).
     pub async fn stop(&self, grace: Duration) {
+        if !self.stopping.swap(true, Ordering::SeqCst) {
+            self.pre_stop().await;
+        }
         let report = self.instance.stop(grace).await;
         if self.stop_noted.swap(true, Ordering::AcqRel) {
             return;

@@ -9,10 +9,17 @@
 //!   for the same name. (The sandbox adds `PATH` and `HOME` when nobody sets them.)
 //! - **Directory**: the function's `working_dir`, else the image's `WorkingDir`, else `/`.
 //! - **User**: the function's `uid`/`gid`, else the contract's default, else the image's `USER`,
-//!   else root. A `uid` without `gid` runs with `gid = uid`, never with the root group.
+//!   else root. A `uid` without `gid` runs with `gid = uid`, never with the root group. Where the
+//!   contract forbids root (FunctionGraph), an image that would run as uid 0 is refused at start
+//!   (the API refuses `uid: 0` at deploy already).
+//! - **Files**: the writable layer is `disk_mb` of tmpfs, charged to the memory limit; the root
+//!   is read-only when the function (or its contract's default) says so; `/tmp` is always
+//!   writable.
+
+use std::sync::Arc;
 
 use wharf_image::Image;
-use wharf_sandbox::{InstanceSpec, User};
+use wharf_sandbox::{EventSink, InstanceSpec, User};
 
 use crate::function::Revision;
 use crate::{InvokeError, PoolConfig};
@@ -71,6 +78,7 @@ pub(crate) fn build(
     image: &Image,
     config: &PoolConfig,
     id: &str,
+    events: Arc<dyn EventSink>,
 ) -> Result<InstanceSpec, InvokeError> {
     let spec = &revision.spec;
     let args = argv(
@@ -115,14 +123,14 @@ pub(crate) fn build(
         ),
         hostname: spec.name.clone(),
         memory_limit_bytes: u64::from(spec.memory_mb) * 1024 * 1024,
-        writable_layer_bytes: config.writable_layer_bytes,
+        writable_layer_bytes: u64::from(spec.disk_mb) * 1024 * 1024,
         pids_limit: config.pids_limit,
-        read_only_rootfs: false,
-        forbid_root: false,
-        mounts: vec![],
-        network: Default::default(),
+        read_only_rootfs: spec.read_only_rootfs,
+        forbid_root: !revision.contract.root_allowed(),
+        mounts: spec.mounts.clone(),
+        network: spec.network,
         output: spec.log.clone(),
-        events: None,
+        events: Some(events),
     })
 }
 

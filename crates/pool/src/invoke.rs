@@ -28,6 +28,8 @@ pub struct Invocation {
     pub cold_start: bool,
     /// On a cold start: from deciding to start an instance to its server listening.
     pub init_duration: Option<Duration>,
+    /// The instance was frozen and was thawed for this invocation, taking this long.
+    pub thaw_duration: Option<Duration>,
     /// From sending the event to the end of the function's answer.
     pub duration: Duration,
     pub status: StatusCode,
@@ -79,8 +81,24 @@ async fn invoke(
     let mut dead = Vec::new();
     let acquired = fp.acquire(pool.config.max_instances, &mut dead);
     pool.stop_in_background(dead);
+    let mut thaw_duration = None;
     let (instance, init_duration) = match acquired {
-        Ok(Acquired::Warm(i)) => (i, None),
+        Ok(Acquired::Warm(i)) => match i.ready_for_use().await {
+            Ok(thawed) => {
+                thaw_duration = thawed;
+                (i, None)
+            }
+            Err(e) => {
+                let error = InvokeError::Internal {
+                    name: i.revision.spec.name.clone(),
+                    reason: format!("instance {} could not be thawed: {e}", i.id()),
+                };
+                if let Some(gone) = fp.release(i, false) {
+                    pool.stop_in_background(vec![gone]);
+                }
+                return Err(error);
+            }
+        },
         // Boxed: the start is a large future, and a warm call should not carry (and move) it.
         Ok(Acquired::Start(revision)) => {
             match Box::pin(PoolInstance::start(pool, revision)).await {
@@ -112,12 +130,14 @@ async fn invoke(
         Ok(_) => !pool.config.idle_timeout.is_zero(),
         Err(e) => !e.kills_instance(),
     };
-    if let Some(gone) = fp.release(instance.clone(), keep) {
-        pool.stop_in_background(vec![gone]);
+    match fp.release(instance.clone(), keep) {
+        Some(gone) => pool.stop_in_background(vec![gone]),
+        None => pool.freezer.queue(&instance),
     }
     result.map(|mut inv| {
         inv.cold_start = init_duration.is_some();
         inv.init_duration = init_duration;
+        inv.thaw_duration = thaw_duration;
         inv
     })
 }
@@ -169,6 +189,7 @@ async fn serve(
         instance_id: instance.id().to_string(),
         cold_start: false,
         init_duration: None,
+        thaw_duration: None,
         duration,
         status: parts.status,
         headers,

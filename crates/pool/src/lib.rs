@@ -17,6 +17,7 @@
 
 mod connection;
 mod error;
+mod freeze;
 mod function;
 mod instance;
 pub mod instance_spec;
@@ -50,9 +51,9 @@ pub struct PoolConfig {
     pub start_deadline: Option<Duration>,
     /// Instances of one function at most (starting, busy and idle together).
     pub max_instances: usize,
-    /// The writable layer (tmpfs over the image) of each instance. Its pages count against the
-    /// instance's memory limit.
-    pub writable_layer_bytes: u64,
+    /// An idle instance of a function with `freeze_idle` is frozen after this long without a
+    /// request (after its pre-freeze hook), and thawed by the next request.
+    pub freeze_after: Duration,
     /// Process limit of each instance.
     pub pids_limit: i64,
     /// Reported to functions as their region and account (`x-fc-region`, `x-fc-account-id`).
@@ -67,7 +68,7 @@ impl Default for PoolConfig {
             stop_grace: Duration::from_secs(5),
             start_deadline: None,
             max_instances: 100,
-            writable_layer_bytes: 512 * 1024 * 1024,
+            freeze_after: Duration::from_secs(1),
             pids_limit: 1024,
             region: "local".into(),
             account_id: "wharf".into(),
@@ -91,12 +92,15 @@ struct PoolInner {
     tasks: TaskTracker,
     /// Cancelled at shutdown: new invocations are refused, cold starts give up.
     shutdown: CancellationToken,
+    /// Freezes idle instances (`freeze.rs`).
+    freezer: freeze::Freezer,
 }
 
 impl Pool {
     /// A pool over `sandbox`, taking images from `images`. Starts the idle sweeper; must be called
     /// inside a tokio runtime.
     pub fn new(sandbox: Sandbox, images: ImageStore, config: PoolConfig) -> Pool {
+        let (freezer, freeze_queue) = freeze::Freezer::new();
         let inner = Arc::new(PoolInner {
             sandbox,
             images,
@@ -104,8 +108,12 @@ impl Pool {
             functions: RwLock::new(HashMap::new()),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
+            freezer,
         });
         reap::spawn_sweeper(&inner);
+        inner
+            .tasks
+            .spawn(freeze::Freezer::run(Arc::downgrade(&inner), freeze_queue));
         Pool { inner }
     }
 
@@ -129,6 +137,17 @@ impl Pool {
             }
         }
         Ok(())
+    }
+
+    /// Sets up, once, what instances in bridge mode need on the host (the bridge, its NAT, a few
+    /// prepared network namespaces), so that a deploy fails when the host cannot have them,
+    /// rather than every cold start.
+    pub async fn prepare_network(&self) -> Result<(), DeployError> {
+        self.inner
+            .sandbox
+            .prepare_network()
+            .await
+            .map_err(|source| DeployError::Network { source })
     }
 
     /// Removes the function: new invocations of it are refused, its idle instances are stopped

@@ -146,12 +146,43 @@ mod tests {
             uid: None,
             gid: None,
             initializer: None,
+            pre_freeze: None,
+            pre_stop: None,
+            disk_mb: Some(64),
+            read_only_rootfs: false,
+            mounts: vec![],
+            network: "none".into(),
+            freeze_idle: true,
             registry_auth: None,
             prepull: true,
             revision: 1,
             created_at_ms: 1,
             updated_at_ms: 1,
         }
+    }
+
+    #[test]
+    fn records_from_before_the_sandbox_fields_get_their_defaults() {
+        let mut v = serde_json::to_value(record("old")).unwrap();
+        let o = v.as_object_mut().unwrap();
+        for field in [
+            "disk_mb",
+            "read_only_rootfs",
+            "mounts",
+            "network",
+            "freeze_idle",
+            "pre_freeze",
+            "pre_stop",
+        ] {
+            o.remove(field);
+        }
+        let r: FunctionRecord = serde_json::from_value(v).unwrap();
+        assert_eq!(r.disk_mb, None);
+        assert!(!r.read_only_rootfs);
+        assert!(r.mounts.is_empty());
+        assert_eq!(r.network, "none");
+        assert!(r.freeze_idle);
+        assert_eq!((r.pre_freeze, r.pre_stop), (None, None));
     }
 
     #[test]

@@ -34,6 +34,27 @@ pub struct FunctionRecord {
     pub gid: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initializer: Option<Initializer>,
+    /// Called before an idle instance is frozen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_freeze: Option<Initializer>,
+    /// Called before an instance is stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_stop: Option<Initializer>,
+    /// The writable layer in MiB. Records from before the field have none: they get the
+    /// default for their memory size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_mb: Option<u32>,
+    /// Records from before the field were all `fc` functions, whose root is writable.
+    #[serde(default)]
+    pub read_only_rootfs: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<MountRecord>,
+    /// `none` or `bridge`.
+    #[serde(default = "default_network")]
+    pub network: String,
+    /// Freeze idle instances, thaw them on the next request.
+    #[serde(default = "default_true")]
+    pub freeze_idle: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry_auth: Option<RegistryCredentials>,
     /// Whether deploy pulls the image (true) or only resolves it to a digest, leaving the pull
@@ -51,10 +72,23 @@ fn default_true() -> bool {
     true
 }
 
-/// The contract's initialize hook, called once per instance before its first invocation.
+fn default_network() -> String {
+    "none".into()
+}
+
+/// A lifecycle hook of the contract (initialize, pre-freeze, pre-stop) and its timeout.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Initializer {
     pub timeout_s: u32,
+}
+
+/// A host path mounted into the function's instances.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountRecord {
+    pub source: String,
+    pub target: String,
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 /// Credentials for the function's image registry.

@@ -16,7 +16,7 @@ mod function;
 mod logs;
 
 pub use embedded::EmbeddedStore;
-pub use function::{FunctionRecord, Initializer, RegistryCredentials};
+pub use function::{FunctionRecord, Initializer, MountRecord, RegistryCredentials};
 pub use logs::{LogEntry, LogStore, LogStream, LogWriter, unix_ms};
 
 use std::path::PathBuf;

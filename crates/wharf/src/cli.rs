@@ -147,6 +147,46 @@ pub struct ServeArgs {
     /// A registry spoken to in plain HTTP (repeatable); loopback registries always are
     #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
     pub insecure_registries: Vec<String>,
+    /// How long an instance must be idle before it is frozen (for functions with freeze_idle),
+    /// e.g. 1s, 200ms, 0 (at once)
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub freeze_after: std::time::Duration,
+    /// The bridge that instances with network "bridge" are attached to (created on first use,
+    /// removed at shutdown)
+    #[arg(long, value_name = "NAME", default_value = "wharf0")]
+    pub bridge_name: String,
+    /// The subnet of bridge-mode instances; the bridge takes its first address
+    #[arg(long, value_name = "CIDR", default_value = "10.250.0.0/16", value_parser = parse_cidr)]
+    pub bridge_subnet: (std::net::Ipv4Addr, u8),
+}
+
+/// `200ms`, `1s`, `1m`; a bare number is seconds.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let t = text.trim();
+    if let Ok(secs) = t.parse::<u64>() {
+        return Ok(std::time::Duration::from_secs(secs));
+    }
+    humantime::parse_duration(t)
+        .map_err(|e| format!("{text:?} is not a duration (e.g. 1s, 200ms): {e}"))
+}
+
+/// `10.250.0.0/16`: an IPv4 network whose host bits are zero, prefix 8-30.
+pub fn parse_cidr(text: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
+    let usage = || format!("{text:?} is not an IPv4 subnet like 10.250.0.0/16");
+    let (addr, len) = text.trim().split_once('/').ok_or_else(usage)?;
+    let addr: std::net::Ipv4Addr = addr.parse().map_err(|_| usage())?;
+    let len: u8 = len.parse().map_err(|_| usage())?;
+    if !(8..=30).contains(&len) {
+        return Err(format!("{text:?}: the prefix must be between 8 and 30"));
+    }
+    let mask = u32::MAX << (32 - u32::from(len));
+    if u32::from(addr) & !mask != 0 {
+        return Err(format!(
+            "{text:?}: the host bits must be zero ({}/{len})",
+            std::net::Ipv4Addr::from(u32::from(addr) & mask)
+        ));
+    }
+    Ok((addr, len))
 }
 
 #[derive(Debug, Args)]
@@ -196,6 +236,49 @@ pub struct DeployArgs {
     /// Do not pull the image now: only resolve it to its digest; the first invocation pulls
     #[arg(long)]
     pub no_prepull: bool,
+    /// Size of the writable layer (the image's changed files and /tmp) in MB; it is memory, and
+    /// what is written there counts against --memory [default: 512, at most half of --memory]
+    #[arg(long, value_name = "MB")]
+    pub disk: Option<u32>,
+    /// Make the image's files read-only (only /tmp and read-write mounts stay writable)
+    /// [default: the contract's: true for scf]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub read_only_rootfs: Option<bool>,
+    /// Mount a host path into every instance: SOURCE:TARGET[:ro|:rw], absolute paths on the
+    /// server's machine (repeatable; read-write unless :ro)
+    #[arg(long = "mount", value_name = "SOURCE:TARGET[:ro]")]
+    pub mounts: Vec<String>,
+    /// Network: none (loopback only) or bridge (outbound access through a NAT'd bridge)
+    #[arg(long, value_name = "MODE")]
+    pub network: Option<String>,
+    /// Call the contract's pre-freeze hook before an idle instance is frozen, with this timeout
+    #[arg(long, value_name = "SECONDS")]
+    pub pre_freeze_timeout: Option<u32>,
+    /// Call the contract's pre-stop hook before an instance is stopped, with this timeout
+    #[arg(long, value_name = "SECONDS")]
+    pub pre_stop_timeout: Option<u32>,
+    /// Do not freeze idle instances
+    #[arg(long)]
+    pub no_freeze: bool,
+}
+
+/// `SOURCE:TARGET[:ro|:rw]` of `--mount`.
+pub fn parse_mount(text: &str) -> Result<(String, String, bool), String> {
+    let usage =
+        || format!("--mount {text:?} must be SOURCE:TARGET, SOURCE:TARGET:ro or SOURCE:TARGET:rw");
+    let mut parts = text.split(':');
+    let (Some(source), Some(target)) = (parts.next(), parts.next()) else {
+        return Err(usage());
+    };
+    let read_only = match parts.next() {
+        None | Some("rw") => false,
+        Some("ro") => true,
+        Some(_) => return Err(usage()),
+    };
+    if parts.next().is_some() || source.is_empty() || target.is_empty() {
+        return Err(usage());
+    }
+    Ok((source.to_owned(), target.to_owned(), read_only))
 }
 
 #[derive(Debug, Args)]
@@ -266,5 +349,38 @@ mod tests {
                 .unwrap_err()
                 .contains("too large")
         );
+    }
+
+    #[test]
+    fn mounts_durations_and_subnets() {
+        assert_eq!(
+            parse_mount("/srv/data:/data:ro"),
+            Ok(("/srv/data".into(), "/data".into(), true))
+        );
+        assert_eq!(
+            parse_mount("/srv/data:/data"),
+            Ok(("/srv/data".into(), "/data".into(), false))
+        );
+        for bad in ["/srv", "/a:/b:x", "/a:/b:ro:z", ":/b"] {
+            assert!(parse_mount(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_duration("200ms"),
+            Ok(std::time::Duration::from_millis(200))
+        );
+        assert_eq!(parse_duration("0"), Ok(std::time::Duration::ZERO));
+        assert_eq!(parse_duration("2"), Ok(std::time::Duration::from_secs(2)));
+        assert!(parse_duration("soon").is_err());
+        assert_eq!(
+            parse_cidr("10.250.0.0/16"),
+            Ok((std::net::Ipv4Addr::new(10, 250, 0, 0), 16))
+        );
+        assert!(
+            parse_cidr("10.250.0.1/16")
+                .unwrap_err()
+                .contains("10.250.0.0/16")
+        );
+        assert!(parse_cidr("10.0.0.0/31").is_err());
+        assert!(parse_cidr("10.0.0.0").is_err());
     }
 }

@@ -169,6 +169,33 @@ async fn deploy(client: &Client, a: DeployArgs) -> anyhow::Result<ExitCode> {
     if a.no_prepull {
         body["prepull"] = json!(false);
     }
+    if let Some(d) = a.disk {
+        body["disk_mb"] = json!(d);
+    }
+    if let Some(ro) = a.read_only_rootfs {
+        body["read_only_rootfs"] = json!(ro);
+    }
+    if !a.mounts.is_empty() {
+        let mut mounts = Vec::new();
+        for m in &a.mounts {
+            let (source, target, read_only) =
+                crate::cli::parse_mount(m).map_err(anyhow::Error::msg)?;
+            mounts.push(json!({ "source": source, "target": target, "read_only": read_only }));
+        }
+        body["mounts"] = Value::Array(mounts);
+    }
+    if let Some(n) = a.network {
+        body["network"] = json!(n);
+    }
+    if let Some(t) = a.pre_freeze_timeout {
+        body["pre_freeze"] = json!({ "timeout_s": t });
+    }
+    if let Some(t) = a.pre_stop_timeout {
+        body["pre_stop"] = json!({ "timeout_s": t });
+    }
+    if a.no_freeze {
+        body["freeze_idle"] = json!(false);
+    }
     let mut display = PullDisplay::new(format!("deploying {} from {} ...", a.name, a.image));
     let result = deploy_streaming(client, &a.name, &body, &mut display).await;
     display.finish();

@@ -65,7 +65,11 @@ pub async fn run(global: Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
             RuntimeArg::Crun => RuntimePreference::Crun,
             RuntimeArg::Runc => RuntimePreference::Runc,
         },
-        bridge: Default::default(),
+        bridge: wharf_sandbox::BridgeConfig {
+            name: args.bridge_name.clone(),
+            subnet: args.bridge_subnet.0,
+            prefix_len: args.bridge_subnet.1,
+        },
     })?;
     let rt = sandbox.runtime();
     info!(
@@ -90,6 +94,7 @@ pub async fn run(global: Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
             stop_grace: Duration::from_secs(args.stop_grace),
             start_deadline: args.start_deadline.map(Duration::from_secs),
             pids_limit: args.pids_limit,
+            freeze_after: args.freeze_after,
             ..PoolConfig::default()
         },
     );
