@@ -348,7 +348,32 @@ pub fn leftovers(data_dir: &Path, cgroup_parent: &str) -> Vec<String> {
                 .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
                 .unwrap_or_default();
             if in_instance || (cmdline.contains(&dir) && !cmdline.is_empty()) {
-                found.push(format!("process {pid}: {}", cmdline.trim()));
+                let status = std::fs::read_to_string(p.path().join("status")).unwrap_or_default();
+                let field = |name: &str| {
+                    status
+                        .lines()
+                        .find_map(|l| l.strip_prefix(name))
+                        .map(str::trim)
+                        .unwrap_or("?")
+                        .to_owned()
+                };
+                // An instance's init orphaned by a killed daemon and killed by the next one's
+                // recovery is the host init's to reap, which may take its time: a zombie holds
+                // no resource (its cgroup is already removed) and is not Wharf's to reap.
+                if field("State:").starts_with('Z') && field("PPid:") == "1" {
+                    continue;
+                }
+                found.push(format!(
+                    "process {pid}: {} ({}, state {}, parent {}) in {}",
+                    cmdline.trim(),
+                    field("Name:"),
+                    field("State:"),
+                    field("PPid:"),
+                    cgroups
+                        .lines()
+                        .find(|l| l.contains(cgroup_parent))
+                        .unwrap_or("")
+                ));
             }
         }
     }

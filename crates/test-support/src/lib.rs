@@ -7,13 +7,18 @@
 //! - [`staged`]: a loopback front for a registry that stages what registries out there do:
 //!   short-lived tokens, redirects to blob storage, hidden blobs, tampered bytes, and a record
 //!   of what each request carried.
+//! - [`netns`]: a network namespace of the test's own with a server in it, for outbound traffic.
 //! - [`testfn`]: the test function (`wharf-testfn`) packed as an image.
 //! - [`daemon`]: a real `wharf serve` with its own data directory, stopped on drop, and the
 //!   check for what it leaves on the host.
+//! - [`env`]: the usual black-box set-up (a registry with the test function, a daemon) and its
+//!   calls.
 //! - [`patience`] and [`assert_eventually!`]: waiting without fixed sleeps.
 
 pub mod daemon;
+pub mod env;
 pub mod front;
+pub mod netns;
 pub mod oci;
 pub mod registry;
 pub mod staged;

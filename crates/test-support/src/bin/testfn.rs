@@ -7,16 +7,30 @@
 //!   `0.0.0.0`): the address.
 //! - `TESTFN_MODE=never-listen`: print a line and never listen; `exit`: print a line and exit 3;
 //!   `sleep`: sleep until killed (the children of the `fork` command).
-//! - `TESTFN_INIT_STATUS`: status `/initialize` answers (default 200).
+//! - `TESTFN_MODE=hog`: allocate and touch memory until killed (the child of `oom-child`).
+//! - `TESTFN_INIT_STATUS`: status `/initialize` (and `/init`) answers (default 200).
+//! - `TESTFN_PRE_FREEZE_STATUS`, `TESTFN_PRE_STOP_STATUS`: status `GET /pre-freeze` and
+//!   `GET /pre-stop` answer (default 200); each call prints `testfn: pre-freeze called` or
+//!   `testfn: pre-stop called`.
 //! - `TESTFN_IGNORE_SIGTERM=1`: do not handle SIGTERM (as pid 1, it is then ignored).
 //! - `TESTFN_KEEPALIVE_MS`: close a connection that sends no request for this long (as Node's
 //!   `keepAliveTimeout` does; default: keep it).
 //!
-//! Events (`POST /invoke`, JSON):
+//! Routes: `/initialize` (FC) and `/init` (FunctionGraph) are the initialize hook; `/invoke`
+//! (FC, FunctionGraph) and `/event-invoke` (SCF) take events; `/pre-freeze`, `/pre-stop` are FC's
+//! hooks.
+//!
+//! Events (JSON):
 //! - `{"name": "x"}` → `Hello, x!`
 //! - `{"cmd": "headers"}` → the request headers as a JSON object
-//! - `{"cmd": "state"}` → counters (initialize, invoke, invokes before initialize), uid/gid,
-//!   cwd, pid, environment
+//! - `{"cmd": "state"}` → counters (initialize, invoke, invokes before initialize, pre-freeze,
+//!   pre-stop, the spinner's count), uid/gid, supplementary groups, cwd, pid, environment
+//! - `{"cmd": "write", "path": "/tmp/f", "mb": 8}` → writes that many MiB (or `"text"`), stopping
+//!   at the first error: `{"ok", "written_mb", "error"}`; `{"cmd": "read", "path"}` →
+//!   `{"ok", "content", "error"}`; `{"cmd": "remove", "path"}` → `{"ok", "error"}`
+//! - `{"cmd": "spin"}` → starts a thread that counts as fast as it can (once), answers `spinning`
+//! - `{"cmd": "oom-child"}` → runs a child (`TESTFN_MODE=hog`) that allocates until the OOM killer
+//!   ends it, answers `{"child": "<how it ended>"}`
 //! - `{"cmd": "status", "status": 404}` → that status
 //! - `{"cmd": "x-fc-status", "value": "404"}` → 200 with `x-fc-status: <value>`
 //! - `{"cmd": "sleep", "ms": 100}` → answers after sleeping
@@ -32,7 +46,8 @@
 //!   confinement, as JSON: `status` (the `Cap*`, `NoNewPrivs` and `Seccomp` lines of
 //!   `/proc/self/status`), `pids` (the numeric entries of `/proc`), `syscalls` (`"ok"` or the
 //!   error of `unshare(CLONE_NEWUSER)` and `clone(CLONE_NEWUSER)`, each in a child that exits at
-//!   once, of `keyctl(GET_KEYRING_ID)` and of an empty `clone3`), `masked` (bytes readable from `/proc/keys`,
+//!   once, of `keyctl(GET_KEYRING_ID)` and of an empty `clone3`), `addresses` (`"eth0: 10.…"`
+//!   for each IPv4 address), `masked` (bytes readable from `/proc/keys`,
 //!   `/proc/kcore`, `/proc/timer_list`, or the error), `connect` (per address: `"connected"` or
 //!   the error of a TCP connect with a 1 s timeout)
 //! - anything else → echoed back
@@ -58,6 +73,10 @@ static INITS: AtomicU64 = AtomicU64::new(0);
 static INVOKES: AtomicU64 = AtomicU64::new(0);
 static INVOKES_BEFORE_INIT: AtomicU64 = AtomicU64::new(0);
 static INIT_HEADERS: Mutex<Option<BTreeMap<String, String>>> = Mutex::new(None);
+static PRE_FREEZES: AtomicU64 = AtomicU64::new(0);
+static PRE_STOPS: AtomicU64 = AtomicU64::new(0);
+static SPINS: AtomicU64 = AtomicU64::new(0);
+static SPINNING: std::sync::Once = std::sync::Once::new();
 
 fn say(line: &str) {
     let mut out = std::io::stdout().lock();
@@ -112,7 +131,21 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     match path.as_str() {
-        "/initialize" => {
+        "/pre-freeze" | "/pre-stop" => {
+            let (counter, var) = if path == "/pre-freeze" {
+                (&PRE_FREEZES, "TESTFN_PRE_FREEZE_STATUS")
+            } else {
+                (&PRE_STOPS, "TESTFN_PRE_STOP_STATUS")
+            };
+            counter.fetch_add(1, Ordering::SeqCst);
+            say(&format!("testfn: {} called", &path[1..]));
+            let status = std::env::var(var)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(200);
+            Ok(reply(status, "hook done"))
+        }
+        "/initialize" | "/init" => {
             INITS.fetch_add(1, Ordering::SeqCst);
             *INIT_HEADERS.lock().unwrap() = Some(headers);
             say("testfn: initialize called");
@@ -122,7 +155,7 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
                 .unwrap_or(200);
             Ok(reply(status, "initialized"))
         }
-        "/invoke" => {
+        "/invoke" | "/event-invoke" => {
             INVOKES.fetch_add(1, Ordering::SeqCst);
             if INITS.load(Ordering::SeqCst) == 0 {
                 INVOKES_BEFORE_INIT.fetch_add(1, Ordering::SeqCst);
@@ -150,8 +183,12 @@ async fn invoke(headers: BTreeMap<String, String>, body: Bytes) -> Response<Full
                     "invoke_calls": INVOKES.load(Ordering::SeqCst),
                     "invokes_before_initialize": INVOKES_BEFORE_INIT.load(Ordering::SeqCst),
                     "initialize_headers": *INIT_HEADERS.lock().unwrap(),
+                    "pre_freeze_calls": PRE_FREEZES.load(Ordering::SeqCst),
+                    "pre_stop_calls": PRE_STOPS.load(Ordering::SeqCst),
+                    "spins": SPINS.load(Ordering::Relaxed),
                     "uid": uid,
                     "gid": gid,
+                    "groups": status_field("Groups:"),
                     "pid": std::process::id(),
                     "cwd": std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default(),
                     "env": env,
@@ -220,8 +257,84 @@ async fn invoke(headers: BTreeMap<String, String>, body: Bytes) -> Response<Full
             reply(200, fork(n).to_string())
         }
         Some("probe") => reply(200, probe(&event).to_string()),
+        Some("write") => reply(200, write_file(&event).to_string()),
+        Some("read") => {
+            let path = event.get("path").and_then(Value::as_str).unwrap_or("");
+            let answer = match std::fs::read(path) {
+                Ok(bytes) => {
+                    let shown = &bytes[..bytes.len().min(4096)];
+                    json!({"ok": true, "content": String::from_utf8_lossy(shown), "error": null})
+                }
+                Err(e) => json!({"ok": false, "content": null, "error": e.to_string()}),
+            };
+            reply(200, answer.to_string())
+        }
+        Some("remove") => {
+            let path = event.get("path").and_then(Value::as_str).unwrap_or("");
+            let answer = match std::fs::remove_file(path) {
+                Ok(()) => json!({"ok": true, "error": null}),
+                Err(e) => json!({"ok": false, "error": e.to_string()}),
+            };
+            reply(200, answer.to_string())
+        }
+        Some("spin") => {
+            SPINNING.call_once(|| {
+                std::thread::spawn(|| {
+                    loop {
+                        SPINS.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            });
+            reply(200, "spinning\n")
+        }
+        Some("oom-child") => {
+            let child = std::process::Command::new("/proc/self/exe")
+                .env("TESTFN_MODE", "hog")
+                .stdin(std::process::Stdio::null())
+                .status();
+            let how = match child {
+                Ok(status) => status.to_string(),
+                Err(e) => format!("could not run: {e}"),
+            };
+            reply(200, json!({"child": how}).to_string())
+        }
         _ => reply(200, body),
     }
+}
+
+/// A `Name:` line of `/proc/self/status`, its value trimmed.
+fn status_field(name: &str) -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .map(|v| v.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// `{"path", "mb" | "text"}`: writes 1 MiB blocks of non-zero bytes (or the text), syncing
+/// nothing; reports how far it got and the first error.
+fn write_file(event: &Value) -> Value {
+    use std::io::Write as _;
+    let path = event.get("path").and_then(Value::as_str).unwrap_or("");
+    let mut file = match std::fs::File::create(path) {
+        Ok(f) => f,
+        Err(e) => return json!({"ok": false, "written_mb": 0, "error": e.to_string()}),
+    };
+    if let Some(text) = event.get("text").and_then(Value::as_str) {
+        return match file.write_all(text.as_bytes()) {
+            Ok(()) => json!({"ok": true, "written_mb": 0, "error": null}),
+            Err(e) => json!({"ok": false, "written_mb": 0, "error": e.to_string()}),
+        };
+    }
+    let mb = event.get("mb").and_then(Value::as_u64).unwrap_or(1);
+    let block = vec![0x5au8; 1 << 20];
+    for written in 0..mb {
+        if let Err(e) = file.write_all(&block) {
+            return json!({"ok": false, "written_mb": written, "error": e.to_string()});
+        }
+    }
+    json!({"ok": true, "written_mb": mb, "error": null})
 }
 
 /// Starts up to `n` sleeping children, then kills and reaps them all.
@@ -287,6 +400,32 @@ fn in_child(call: fn() -> libc::c_long) -> String {
         0 => "ok".into(),
         errno => std::io::Error::from_raw_os_error(errno).to_string(),
     }
+}
+
+/// `interface: address` for every IPv4 address of the instance's network namespace.
+fn ipv4_addresses() -> Vec<String> {
+    let mut out = Vec::new();
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list` with a linked list we free below; every pointer read is
+    // checked for null first, and the sockaddr is only read as sockaddr_in when it says AF_INET.
+    unsafe {
+        if libc::getifaddrs(&mut list) != 0 {
+            return out;
+        }
+        let mut cur = list;
+        while !cur.is_null() {
+            let ifa = &*cur;
+            if !ifa.ifa_addr.is_null() && i32::from((*ifa.ifa_addr).sa_family) == libc::AF_INET {
+                let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                let addr = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+                let name = std::ffi::CStr::from_ptr(ifa.ifa_name).to_string_lossy();
+                out.push(format!("{name}: {addr}"));
+            }
+            cur = ifa.ifa_next;
+        }
+        libc::freeifaddrs(list);
+    }
+    out
 }
 
 fn probe(event: &Value) -> Value {
@@ -362,6 +501,7 @@ fn probe(event: &Value) -> Value {
         })
         .collect();
     json!({
+        "addresses": ipv4_addresses(),
         "status": status,
         "pids": pids,
         "syscalls": syscalls,
@@ -391,6 +531,12 @@ fn main() {
         "exit" => {
             complain("testfn: told to exit at once");
             std::process::exit(3);
+        }
+        "hog" => {
+            let mut held: Vec<Vec<u8>> = Vec::new();
+            loop {
+                held.push(std::hint::black_box(vec![1u8; 1 << 20]));
+            }
         }
         _ => {}
     }
