@@ -32,7 +32,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use clap::Parser;
 
-use crate::figures::{Plan, cold, idle, pull, warm};
+use crate::figures::{Plan, cold, idle, pull, thaw, warm};
 use crate::images::Variant;
 use crate::report::{Figure, HostInfo, Run, Verdict};
 use crate::setup::{Binaries, Daemon, Images};
@@ -48,7 +48,7 @@ struct Args {
     /// Print each figure beside this earlier run's value (a file written by --out).
     #[arg(long, value_name = "FILE")]
     against: Option<PathBuf>,
-    /// Also measure what takes long: many idle instances (P10–P12, idle not frozen).
+    /// Also measure what takes long: many frozen instances (P10–P12).
     #[arg(long)]
     full: bool,
     /// Only these figures, e.g. P1,P4 (P6 comes with P5's runs).
@@ -59,7 +59,7 @@ struct Args {
     /// per 33, at least 2).
     #[arg(long, default_value_t = 100, value_name = "N")]
     samples: usize,
-    /// Idle instances for --full.
+    /// Frozen instances for --full.
     #[arg(long, default_value_t = 200, value_name = "N")]
     instances: usize,
     /// Keep every CPU awake during P4 with idle-priority busy loops: on a VM, waking an idle
@@ -168,11 +168,12 @@ async fn run(args: &Args) -> anyhow::Result<()> {
 
     let cold_figures = which("P1") || which("P3");
     let warm_figures = which("P4") || which("P5") || which("P6");
+    let thaw_figures = which("P7");
     let pull_figures = which("P8") || which("P9");
     let images = Images::set_up(
         &bins,
         &cache,
-        cold_figures || warm_figures || args.full,
+        cold_figures || warm_figures || thaw_figures || args.full,
         which("P1"),
         pull_figures,
     )
@@ -211,6 +212,10 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         let testfn = images.testfn.as_ref().expect("pushed");
         let daemon = Daemon::start(&bins, 3600, "auto")?;
         figures.extend(warm::p4_p5_p6(&daemon, testfn, &plan, &which).await);
+    }
+    if thaw_figures {
+        let testfn = images.testfn.as_ref().expect("pushed");
+        figures.extend(thaw::p7(&bins, testfn, &plan).await);
     }
     if pull_figures {
         let (image, gz, zst) = images.big.as_ref().expect("pushed");

@@ -45,6 +45,8 @@ pub fn instances(parent: &str) -> Vec<String> {
         .flatten()
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
         .filter_map(|e| e.file_name().into_string().ok())
+        // `.wharf-freezer-on`, the sandbox's frozen keeper, is no instance.
+        .filter(|n| !n.starts_with('.'))
         .collect();
     ids.sort();
     ids

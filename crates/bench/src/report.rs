@@ -20,6 +20,7 @@ pub enum Unit {
     MBps,
     MiB,
     PercentCore,
+    Instances,
 }
 
 impl Unit {
@@ -32,6 +33,7 @@ impl Unit {
             Unit::MBps => "MB/s",
             Unit::MiB => "MiB",
             Unit::PercentCore => "% core",
+            Unit::Instances => "instances",
         }
     }
 

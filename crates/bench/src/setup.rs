@@ -244,12 +244,24 @@ impl Daemon {
         image: &str,
         memory_mb: u64,
     ) -> anyhow::Result<Duration> {
+        self.deploy_with(name, json!({"image": image, "memory_mb": memory_mb}))
+            .await
+    }
+
+    /// Deploys (creates) a function with this configuration; returns how long the API call
+    /// took.
+    pub async fn deploy_with(
+        &self,
+        name: &str,
+        config: serde_json::Value,
+    ) -> anyhow::Result<Duration> {
+        let image = config["image"].as_str().unwrap_or_default().to_owned();
         let t0 = Instant::now();
         let resp = self
             .client
             .put(format!("{}/v1/functions/{name}", self.wharf().url()))
             .bearer_auth(self.wharf().token())
-            .json(&json!({"image": image, "memory_mb": memory_mb}))
+            .json(&config)
             .send()
             .await?;
         let status = resp.status();

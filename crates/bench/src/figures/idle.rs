@@ -1,52 +1,30 @@
-//! P7 and P10–P12 need the freezer (issues 5 and 7), which is not built yet: they are printed as
-//! `n/a`. With `--full`, what can be measured now is measured on *idle* (not frozen) instances
-//! of the test function: host memory per instance (the drop of `MemAvailable` divided by the
-//! number of instances), Wharf's CPU while everything is idle, Wharf's RSS, and whether any
-//! helper process runs beside the instances.
+//! P10–P12 with `--full`: many *frozen* instances of the test function (a daemon that freezes
+//! instances 200 ms after their last request): host memory per instance (the memory the host
+//! cannot reclaim, grown while they start and shrunk when they go, divided by their number),
+//! Wharf's CPU while they sit frozen, Wharf's RSS, and whether any helper process runs beside
+//! the instances. P2 is not measured (n/a).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
 
+use crate::figures::thaw::frozen;
 use crate::figures::{Plan, cpu_seconds, rss, wait_until};
 use crate::netns::instances;
 use crate::progress;
-use crate::report::{Figure, Unit};
+use crate::report::{Bound, Figure, Unit};
 use crate::setup::{Binaries, Daemon, Pushed};
 
-const FREEZER: &str = "needs the freezer (issues 5 and 7), not built yet";
-
-/// The figures that cannot be measured yet.
+/// The figures that cannot be measured (yet).
 pub fn not_available() -> Vec<Figure> {
-    vec![
-        Figure::not_available(
-            "P2.readiness",
-            "P2",
-            "readiness lag",
-            "the moment a function starts listening is not visible from outside Wharf; \
-             needs timestamps inside the daemon",
-        ),
-        Figure::not_available("P7.thaw", "P7", "thaw added latency", FREEZER),
-        Figure::not_available(
-            "P10.frozen",
-            "P10",
-            "idle cost per frozen instance",
-            FREEZER,
-        ),
-        Figure::not_available(
-            "P11.density",
-            "P11",
-            "frozen instances of a 10 MB function",
-            FREEZER,
-        ),
-        Figure::not_available(
-            "P12.rss",
-            "P12",
-            "daemon RSS with 1,000 frozen instances",
-            FREEZER,
-        ),
-    ]
+    vec![Figure::not_available(
+        "P2.readiness",
+        "P2",
+        "readiness lag",
+        "the moment a function starts listening is not visible from outside Wharf; \
+         needs timestamps inside the daemon",
+    )]
 }
 
 /// Functions hold at most this many instances (the pool's default cap).
@@ -57,7 +35,7 @@ const IDLE_WINDOW: Duration = Duration::from_secs(10);
 /// `--full`: `plan.idle_instances` idle instances on a fresh daemon.
 pub async fn idle(bins: &Binaries, testfn: &Pushed, plan: &Plan) -> Vec<Figure> {
     let n = plan.idle_instances;
-    progress!("idle: {n} idle (not frozen) instances of the test function");
+    progress!("idle: {n} frozen instances of the test function");
     match measure(bins, testfn, n).await {
         Ok(f) => f,
         Err(e) => vec![Figure::error(
@@ -70,7 +48,10 @@ pub async fn idle(bins: &Binaries, testfn: &Pushed, plan: &Plan) -> Vec<Figure> 
 }
 
 async fn measure(bins: &Binaries, testfn: &Pushed, n: usize) -> anyhow::Result<Vec<Figure>> {
-    let daemon = Daemon::start(bins, 3600, "auto")?;
+    let mut bins = bins.clone();
+    bins.serve_args
+        .extend(["--freeze-after".to_string(), "200ms".to_string()]);
+    let daemon = Daemon::start(&bins, 3600, "auto")?;
     let functions: Vec<String> = (0..n.div_ceil(PER_FUNCTION))
         .map(|i| format!("idle-{i}"))
         .collect();
@@ -101,8 +82,16 @@ async fn measure(bins: &Binaries, testfn: &Pushed, n: usize) -> anyhow::Result<V
         "{} instances for {n} concurrent calls",
         ids.len()
     );
+    let parent = daemon.cgroup_parent().to_owned();
+    wait_until(
+        "every instance to be frozen",
+        Duration::from_secs(120),
+        || ids.iter().all(|id| frozen(&parent, id)),
+    )
+    .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let live = instances(daemon.cgroup_parent());
+    let frozen_now = live.iter().filter(|id| frozen(&parent, id)).count();
     let mem1 = Memory::settled().await?;
     let rss1 = rss(pid)?;
     let charged: Vec<u64> = live
@@ -143,7 +132,7 @@ async fn measure(bins: &Binaries, testfn: &Pushed, n: usize) -> anyhow::Result<V
     };
     let charged_mean = charged.iter().sum::<u64>() as f64 / charged.len().max(1) as f64;
 
-    let label = "idle, not frozen";
+    let label = "frozen";
     let mib = |b: f64| b / (1024.0 * 1024.0);
     Ok(vec![
         Figure::new(
@@ -159,13 +148,15 @@ async fn measure(bins: &Binaries, testfn: &Pushed, n: usize) -> anyhow::Result<V
              Cached − SReclaimable + Shmem) / {n}, averaged over starting and deleting the \
              instances; by the same measure, MemAvailable {:.2} MiB and unreclaimable kernel \
              memory {:.2} MiB; charged to an instance's cgroup {:.2} MiB, Wharf's RSS {:.3} MiB \
-             per instance; Wharf's processes beside the instances: {helpers}; the target \
-             (≤1 MiB) is for frozen instances",
+             per instance; Wharf's processes beside the instances: {helpers}; {frozen_now} of \
+             {} instances frozen while measured",
             mib(-per_instance(|m| m.available)),
             mib(per_instance(|m| m.kernel)),
             mib(charged_mean),
             mib(rss1 as f64 - rss0 as f64) / n as f64,
+            live.len(),
         ))
+        .bounds(&[Bound::AtMost(1.0)])
         .judged(0),
         Figure::new(
             "P10.idle.cpu",
@@ -176,9 +167,29 @@ async fn measure(bins: &Binaries, testfn: &Pushed, n: usize) -> anyhow::Result<V
         .wharf(cpu)
         .samples(n, None)
         .note(format!(
-            "over {IDLE_WINDOW:?}; target ≤1 % is for 1,000 frozen instances"
+            "over {IDLE_WINDOW:?}; the target is for 1,000 frozen instances"
         ))
+        .bounds(&[Bound::AtMost(1.0)])
         .judged(0),
+        if n >= 1000 {
+            Figure::new(
+                "P11.density",
+                "P11",
+                "frozen instances of the test function held at once",
+                Unit::Instances,
+            )
+            .wharf(frozen_now as f64)
+            .samples(n, None)
+            .bounds(&[Bound::AtLeast(1000.0)])
+            .judged(0)
+        } else {
+            Figure::not_available(
+                "P11.density",
+                "P11",
+                "frozen instances held at once",
+                &format!("measured with --full --instances 1000 (this run: {n})"),
+            )
+        },
         Figure::new(
             "P12.idle.rss",
             "P12",

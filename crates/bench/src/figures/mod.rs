@@ -4,6 +4,7 @@
 pub mod cold;
 pub mod idle;
 pub mod pull;
+pub mod thaw;
 pub mod warm;
 
 use std::time::Duration;
@@ -28,6 +29,8 @@ pub struct Plan {
     pub p5_instances: usize,
     pub p5_rounds: usize,
     pub p5_round: Duration,
+    /// P7: thawed calls, each beside a warm one.
+    pub p7_samples: usize,
     /// P8/P9: deploys (and baseline unpacks) per side and compression.
     pub pull_samples: usize,
     /// `--full`: idle instances.
@@ -51,6 +54,7 @@ impl Plan {
             p5_instances: 4,
             p5_rounds: 3,
             p5_round: Duration::from_secs_f64((n as f64 / 50.0).clamp(0.5, 10.0)),
+            p7_samples: (n * 2).max(20),
             pull_samples: (n / 33).max(2),
             idle_instances: instances,
             awake,

@@ -31,8 +31,14 @@ fn body() -> Bytes {
 }
 
 /// Deploys the warm function; returns Wharf's target for it.
+/// Not frozen when idle: these figures are about warm instances (P7 measures thaws).
 async fn deploy(daemon: &Daemon, testfn: &Pushed) -> anyhow::Result<Target> {
-    daemon.deploy(FUNCTION, &testfn.reference, 128).await?;
+    daemon
+        .deploy_with(
+            FUNCTION,
+            serde_json::json!({"image": testfn.reference, "memory_mb": 128, "freeze_idle": false}),
+        )
+        .await?;
     Ok(daemon.target(FUNCTION))
 }
 
