@@ -6,6 +6,7 @@
 #   skopeo, umoci      image tooling used by tests of image archives
 #   binutils           strip, to keep test images small
 #   iproute2, procps   ip / ps, used by tests to inspect namespaces and processes
+#   nftables           nft, run once when bridge networking is set up (NAT and filter table)
 #   curl               health checks in the scripts
 set -euo pipefail
 
@@ -22,6 +23,7 @@ want umoci umoci
 want strip binutils
 want ip iproute2
 want ps procps
+want nft nftables
 want curl curl
 
 if ! command -v cargo >/dev/null 2>&1; then

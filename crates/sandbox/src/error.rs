@@ -1,14 +1,16 @@
 //! Error types, one enum per operation: [`SandboxError`] for set-up, recovery and shutdown,
 //! [`StartError`] for [`crate::Sandbox::start`], [`FreezeError`] for
-//! [`crate::Instance::freeze`] and [`crate::Instance::thaw`]. Variants carry the instance id, the paths and,
-//! for runtime failures, the runtime's own message (from its JSON log, not the function's
-//! output).
+//! [`crate::Instance::freeze`] and [`crate::Instance::thaw`], [`NetworkError`] for bridge
+//! networking ([`crate::Sandbox::prepare_network`], and inside the others). Variants carry the
+//! instance id, the paths and, for runtime failures, the runtime's own message (from its JSON
+//! log, not the function's output); network errors the operation, the interface and the errno.
 
 use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::mounts::MountError;
+use crate::network::NetlinkError;
 use crate::user::UserError;
 use crate::{ExitInfo, RuntimeKind, User};
 
@@ -68,6 +70,127 @@ pub enum SandboxError {
         #[source]
         source: io::Error,
     },
+
+    #[error("the bridge network config cannot be used")]
+    Bridge {
+        #[source]
+        source: NetworkError,
+    },
+}
+
+/// Bridge networking: the host's bridge and nftables table, and the prepared network
+/// namespaces of bridge-mode instances.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error("invalid bridge config: {reason}")]
+    InvalidConfig { reason: String },
+
+    #[error(
+        "bridge subnet {subnet} overlaps {what} {existing} of interface {interface}; choose another subnet with --bridge-subnet"
+    )]
+    SubnetOverlap {
+        subnet: String,
+        /// "the address" or "the route to".
+        what: &'static str,
+        existing: String,
+        interface: String,
+    },
+
+    #[error(
+        "interface {name} exists and is not a bridge Wharf created; remove it or choose another name with --bridge-name"
+    )]
+    NotOurs { name: String },
+
+    #[error(
+        "bridge {name} is in use by another Wharf process; give each daemon its own --bridge-name and --bridge-subnet"
+    )]
+    InUse { name: String },
+
+    /// A netlink request failed; the source carries the kernel's errno (and message).
+    #[error("netlink: failed to {op} {interface}")]
+    Netlink {
+        op: &'static str,
+        interface: String,
+        #[source]
+        source: NetlinkError,
+    },
+
+    #[error("failed to {op} a network namespace")]
+    Namespace {
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("failed to write {path}")]
+    Sysctl {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error(
+        "nft not found: bridge networking needs it; install the nftables package (Debian: apt-get install nftables)"
+    )]
+    NftMissing,
+
+    #[error("failed to write the nftables rules of table {table} to {path}")]
+    NftFile {
+        table: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("failed to run {program} for table {table}")]
+    NftExec {
+        table: String,
+        program: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("nft failed to {action} table {table}: {message}")]
+    Nft {
+        action: &'static str,
+        table: String,
+        message: String,
+    },
+
+    #[error(
+        "no free address left in bridge subnet {subnet} ({in_use} in use); choose a larger one with --bridge-subnet"
+    )]
+    AddressesExhausted { subnet: String, in_use: usize },
+
+    #[error("failed to start the network preparation thread")]
+    ThreadStart {
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("the network preparation thread has stopped (see the log for why)")]
+    ThreadStopped,
+
+    #[error("failed to prepare a network namespace for the pool: {reason}")]
+    Refill { reason: String },
+
+    #[error("the bridge network has been shut down")]
+    ShutDown,
+}
+
+impl NetworkError {
+    /// The kernel's errno, for errors that have one.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            NetworkError::Netlink { source, .. } => Some(source.errno),
+            NetworkError::Namespace { source, .. }
+            | NetworkError::Sysctl { source, .. }
+            | NetworkError::NftFile { source, .. }
+            | NetworkError::NftExec { source, .. }
+            | NetworkError::ThreadStart { source } => source.raw_os_error(),
+            _ => None,
+        }
+    }
 }
 
 /// One step of undoing a half-done start or a stop that failed.
@@ -92,6 +215,13 @@ pub enum CleanupError {
         runtime: RuntimeKind,
         id: String,
         message: String,
+    },
+
+    #[error("failed to remove the network interface of instance {id}")]
+    Network {
+        id: String,
+        #[source]
+        source: NetworkError,
     },
 }
 
@@ -232,6 +362,13 @@ pub enum StartError {
         source: io::Error,
     },
 
+    #[error("failed to set up the network of instance {id}")]
+    Network {
+        id: String,
+        #[source]
+        source: NetworkError,
+    },
+
     /// The start failed and undoing it failed too: both are kept.
     #[error("{error}; cleaning up instance {id} failed too: {cleanup}")]
     Cleanup {
@@ -261,6 +398,7 @@ impl StartError {
             | StartError::PidFile { id, .. }
             | StartError::Pidfd { id, .. }
             | StartError::Netns { id, .. }
+            | StartError::Network { id, .. }
             | StartError::Cleanup { id, .. } => id,
         }
     }
@@ -420,6 +558,47 @@ mod tests {
         );
         assert!(
             err(User::Named(String::new())).contains("(the image sets no USER, which means root)")
+        );
+    }
+
+    #[test]
+    fn network_errors_name_the_operation_interface_and_errno() {
+        let err = StartError::Network {
+            id: "i1".into(),
+            source: NetworkError::Netlink {
+                op: "create the veth",
+                interface: "wh0afa0002".into(),
+                source: NetlinkError {
+                    errno: libc::EEXIST,
+                    message: Some("Device exists".into()),
+                },
+            },
+        };
+        let chain = display_chain(&err);
+        assert_eq!(
+            chain,
+            "failed to set up the network of instance i1: netlink: failed to create the veth \
+             wh0afa0002: File exists (os error 17): Device exists"
+        );
+        let StartError::Network { source, .. } = &err else {
+            unreachable!()
+        };
+        assert_eq!(source.errno(), Some(libc::EEXIST));
+        let overlap = NetworkError::SubnetOverlap {
+            subnet: "10.250.0.0/16".into(),
+            what: "the address",
+            existing: "10.250.3.1/24".into(),
+            interface: "eth1".into(),
+        };
+        let text = overlap.to_string();
+        assert!(
+            text.contains("eth1") && text.contains("--bridge-subnet"),
+            "{text}"
+        );
+        assert!(
+            NetworkError::NftMissing
+                .to_string()
+                .contains("install the nftables package")
         );
     }
 }

@@ -1,12 +1,13 @@
 //! Starting an instance — the cold-start path, so it is lean: no `runtime state`, no sleeps,
 //! no polling.
 //!
+//! 0. bridge mode only: a prepared network namespace from the pool (`network`);
 //! 1. the bind mounts checked against the host (before anything is created, so a refused
 //!    mount leaves nothing); `instances/<id>/`, the tmpfs for the writable layer (with
 //!    `/tmp`), the overlay rootfs;
 //! 2. the image's `USER` resolved in the merged rootfs, `HOME` and `PATH` defaulted; uid 0
 //!    refused when the spec forbids root;
-//! 3. `config.json`;
+//! 3. `config.json` (bridge mode: joining the prepared namespace, the host's `resolv.conf`);
 //! 4. `runtime create` with the container's stdout/stderr = our pipes, the runtime's own
 //!    errors in a JSON log;
 //! 5. a pidfd for the init (from the pid file), its netns, the exit watcher;
@@ -29,7 +30,7 @@ use crate::host::{CommandOutput, Host, RuntimeCommand};
 use crate::output::{OutputCapture, OutputPipes};
 use crate::rootfs::{self, InstancePaths};
 use crate::sandbox::{MAX_ID_BYTES, SandboxInner, valid_name};
-use crate::{Instance, InstanceSpec, StartTimings, spec, user};
+use crate::{Instance, InstanceSpec, NetworkMode, StartTimings, spec, user};
 
 /// What has been done so far, to undo on failure.
 #[derive(Default)]
@@ -39,6 +40,9 @@ struct Progress {
     overlay: bool,
     /// `runtime create` was run (it may have left state even when it failed).
     container: bool,
+    /// Bridge mode: the prepared network namespace taken from the pool, until it is leased
+    /// to the instance. Released after the container is deleted.
+    network: Option<crate::network::Slot>,
 }
 
 /// Run a runtime command off the async threads (it takes tens of milliseconds).
@@ -98,7 +102,16 @@ pub(crate) async fn start(
         Ok(instance) => Ok(instance),
         Err(error) => {
             debug!(instance = %id, error = %error, "start failed, undoing");
-            let cleanup = undo(sb, &id, &paths, &progress).await;
+            let mut cleanup = undo(sb, &id, &paths, &progress).await;
+            // The network last: the container (deleted by now) was using it.
+            if let Some(slot) = progress.network.take()
+                && let Err(source) = sb.network.release_slot(slot).await
+            {
+                cleanup.push(CleanupError::Network {
+                    id: id.clone(),
+                    source,
+                });
+            }
             if cleanup.is_empty() {
                 Err(error)
             } else {
@@ -128,6 +141,31 @@ async fn start_steps(
             path,
             source,
         }
+    };
+
+    // 0. Bridge mode: a prepared network namespace (from the pool: no preparation here).
+    let t = Instant::now();
+    let network = match spec.network {
+        NetworkMode::None => None,
+        NetworkMode::Bridge => {
+            let (slot, resolv_conf) =
+                sb.network
+                    .take(&sb.host)
+                    .await
+                    .map_err(|source| StartError::Network {
+                        id: id.to_owned(),
+                        source,
+                    })?;
+            let joined = (slot.ns_path(), resolv_conf, slot.netns.clone());
+            debug!(instance = %id, veth = %slot.veth, addr = %slot.addr, "network namespace taken");
+            progress.network = Some(slot);
+            Some(joined)
+        }
+    };
+    let network_took = if network.is_some() {
+        t.elapsed()
+    } else {
+        std::time::Duration::ZERO
     };
 
     // 1-3 touch the file system (mkdir, mounts, passwd, config.json): a few milliseconds
@@ -211,7 +249,14 @@ async fn start_steps(
             path: paths.config.clone(),
             source,
         };
-        let config = spec::build(&params).map_err(|e| write_err(std::io::Error::other(e)))?;
+        let mut config = spec::build(&params).map_err(|e| write_err(std::io::Error::other(e)))?;
+        if let Some((ns_path, resolv_conf, _)) = &network {
+            spec::join_network_namespace(&mut config, ns_path);
+            if let Some(file) = resolv_conf {
+                spec::mount_resolv_conf(&mut config, file)
+                    .map_err(|e| write_err(std::io::Error::other(e)))?;
+            }
+        }
         let json = serde_json::to_vec(&config).map_err(|e| write_err(e.into()))?;
         std::fs::write(&paths.config, json).map_err(write_err)?;
         Ok(())
@@ -282,13 +327,20 @@ async fn start_steps(
             source,
         }
     })?;
-    let netns_path = format!("/proc/{pid}/ns/net");
-    let netns: OwnedFd =
-        crate::netns::open_ns(&netns_path).map_err(|source| StartError::Netns {
-            id: id.to_owned(),
-            path: netns_path.into(),
-            source,
-        })?;
+    let netns: Arc<OwnedFd> = match &network {
+        // The namespace the instance joined: ours already.
+        Some((_, _, netns)) => netns.clone(),
+        None => {
+            let netns_path = format!("/proc/{pid}/ns/net");
+            Arc::new(
+                crate::netns::open_ns(&netns_path).map_err(|source| StartError::Netns {
+                    id: id.to_owned(),
+                    path: netns_path.into(),
+                    source,
+                })?,
+            )
+        }
+    };
 
     // 6. Start: through crun's exec fifo when that is how this runtime waits (no second
     // runtime process on the cold-start path), else `runtime start`.
@@ -315,17 +367,21 @@ async fn start_steps(
     }
     let timings = StartTimings {
         prepare: prepared,
+        network: network_took,
         create: create_took,
         start: t.elapsed(),
         total: started.elapsed(),
     };
     debug!(instance = %id, pid, ?timings, "instance started");
+    if let Some(slot) = progress.network.take() {
+        sb.network.lease(id, slot);
+    }
     let instance = Instance {
         sandbox: sb.clone(),
         id: id.to_owned(),
         pid,
         pidfd,
-        netns: Arc::new(netns),
+        netns,
         exit,
         output,
         paths: paths.clone(),

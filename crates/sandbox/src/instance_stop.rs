@@ -8,7 +8,8 @@
 //! 2. The OOM watcher ends, after a last look at the counter; memory peak and OOM kills read
 //!    from the cgroup — after the exit, so the numbers are final, and *before* the runtime
 //!    deletes the cgroup.
-//! 3. `runtime delete --force`, then any instance cgroup directory still there.
+//! 3. `runtime delete --force`, then any instance cgroup directory still there; in bridge
+//!    mode, the instance's veth (its peer goes with it), address and namespace fd.
 //! 4. Unmount the overlay, then the tmpfs; remove the bundle directory.
 //! 5. Let the output readers drain, so the last lines reach the sink.
 //!
@@ -98,6 +99,9 @@ async fn stop_once(instance: &Instance, grace: Duration) -> StopReport {
     report
         .cleanup_errors
         .extend(remove_instance_cgroups(sb, id));
+    if let Err(e) = sb.network.release(id).await {
+        report.cleanup_errors.push(crate::error::display_chain(&e));
+    }
 
     // 4. Mounts and bundle.
     let unmounted =

@@ -19,6 +19,11 @@
 //!   instance's netns, creates a socket there (a socket belongs to the netns it was created in),
 //!   and `setns`es back; the connect itself then happens asynchronously on the tokio runtime
 //!   (`netns`, `readiness`).
+//! * **Outbound network is opt-in and pre-built** ([`NetworkMode::Bridge`], `network`): a
+//!   Wharf-owned bridge with NAT, set up over netlink in-process, and a small pool of network
+//!   namespaces already wired to it (veth, address, route) that a cold start joins instead of
+//!   creating one, so that bridge mode costs the cold start nothing measurable. The default
+//!   mode never touches any of it.
 //! * **Rootfs: shared read-only layers + a per-instance overlay** whose upper layer lives on a
 //!   size-limited tmpfs (`rootfs`), together with the instance's `/tmp`, which is always
 //!   writable (also under a read-only root). tmpfs pages are charged to the instance's memory
@@ -46,9 +51,10 @@
 //!
 //! Module map, following the lifecycle: `runtime` (detect + drive crun/runc), `spec`
 //! (`config.json`), `user` (`USER` resolution), `rootfs`, `mounts` (bind mounts), `cgroup`,
-//! `netns`, `readiness`, `output`, `reaper` (exit watcher), `oom` (OOM watcher), `events`
-//! (emission), `instance_start`, `instance_freeze` (freeze, thaw), `instance_stop`, `recover`,
-//! `host`, `error`.
+//! `netns` (the connector), `network` (bridge mode: `bridge` host set-up, `prepare` thread,
+//! `pool`, `netlink`, `subnet`, `dns`), `readiness`, `output`, `reaper` (exit watcher), `oom`
+//! (OOM watcher), `events` (emission), `instance_start`, `instance_freeze` (freeze, thaw),
+//! `instance_stop`, `recover`, `host`, `error`.
 
 mod blocking;
 mod cgroup;
@@ -61,6 +67,7 @@ mod instance_start;
 mod instance_stop;
 mod mounts;
 mod netns;
+mod network;
 mod oom;
 mod output;
 mod readiness;
@@ -78,11 +85,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use error::{CleanupError, FreezeError, SandboxError, StartError};
+pub use error::{CleanupError, FreezeError, NetworkError, SandboxError, StartError};
 pub use instance::Instance;
 pub use mounts::{
     MAX_BIND_MOUNTS, MAX_MOUNT_PATH_BYTES, MountError, validate_mount, validate_mounts,
 };
+pub use network::NetlinkError;
 pub use sandbox::Sandbox;
 pub use user::UserError;
 
@@ -104,7 +112,10 @@ pub struct SandboxConfig {
     pub cgroup_parent: String,
     pub runtime: RuntimePreference,
     /// The bridge that [`NetworkMode::Bridge`] instances are attached to. Nothing of it exists
-    /// on the host until the first such instance starts.
+    /// on the host until the first such instance starts or [`Sandbox::prepare_network`]; it is
+    /// removed at [`Sandbox::shutdown`]. One daemon per bridge name: a second one using the
+    /// same name is refused. Its syntax is checked by [`Sandbox::new`], its subnet against the
+    /// host's addresses and routes at set-up.
     pub bridge: BridgeConfig,
 }
 
@@ -137,7 +148,10 @@ pub enum NetworkMode {
     #[default]
     None,
     /// Also a veth pair on the Wharf-owned bridge ([`BridgeConfig`]), with NAT for outbound
-    /// traffic. The host's own addresses and other instances stay unreachable.
+    /// traffic. The host's own addresses and other instances stay unreachable. The instance
+    /// joins a network namespace prepared ahead of time (`eth0` with the next free address of
+    /// the subnet, default route via the bridge, IPv6 off); the host's `/etc/resolv.conf` is
+    /// mounted read-only when its nameservers are reachable from there (not loopback).
     Bridge,
 }
 
@@ -327,6 +341,9 @@ pub struct RecoveryReport {
     pub mounts_removed: usize,
     /// Empty cgroup directories removed under the parent, all hierarchies counted.
     pub cgroups_removed: usize,
+    /// Network interfaces of the configured bridge removed: veths left by instances that
+    /// were running, and the bridge itself (its nftables table goes with it).
+    pub interfaces_removed: usize,
     /// What could not be cleaned up (recovery goes on past errors).
     pub errors: Vec<String>,
 }
@@ -334,8 +351,12 @@ pub struct RecoveryReport {
 /// How long the phases of [`Sandbox::start`] took, for logs and benchmarks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StartTimings {
-    /// Bundle, tmpfs, overlay, user resolution, `config.json`.
+    /// Bundle, tmpfs, overlay, user resolution, `config.json` (and the network wait below).
     pub prepare: Duration,
+    /// Bridge mode: waiting for a prepared network namespace — microseconds when the pool had
+    /// one, a whole preparation when it was empty (and the host's set-up, the first time).
+    /// Zero otherwise.
+    pub network: Duration,
     /// `runtime create`.
     pub create: Duration,
     /// `runtime start`.
@@ -360,6 +381,7 @@ fn futures_are_send(sandbox: &Sandbox, instance: &Instance, spec: InstanceSpec) 
     send(sandbox.start(spec));
     send(sandbox.recover());
     send(sandbox.shutdown());
+    send(sandbox.prepare_network());
     send(instance.connect(9000));
     send(instance.wait_listening(9000, Duration::ZERO));
     send(instance.exited());

@@ -8,6 +8,12 @@
 //! the cgroups.
 //!
 //! Both runtimes' roots are swept, since the previous daemon may have chosen the other one.
+//!
+//! Last, the bridge network (`network::Network::recover`): once the containers are gone, the
+//! veths still on the configured bridge, its nftables table and the bridge itself are removed,
+//! so the next bridge-mode start sets everything up afresh. (The prepared namespaces the dead
+//! daemon held only by fd are gone already: the kernel deleted them, and their veths, when the
+//! daemon died.)
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -137,6 +143,11 @@ pub(crate) async fn recover(sb: &Arc<SandboxInner>) -> Result<RecoveryReport, Sa
         }
     }
 
+    // 5. The bridge network.
+    let network = sb.network.recover(&sb.host).await;
+    report.interfaces_removed = network.interfaces_removed;
+    report.errors.extend(network.errors);
+
     report.instances_removed = instances.len();
     for e in &report.errors {
         warn!(error = %e, "recovery left something behind");
@@ -146,6 +157,7 @@ pub(crate) async fn recover(sb: &Arc<SandboxInner>) -> Result<RecoveryReport, Sa
         containers = report.containers_deleted,
         mounts = report.mounts_removed,
         cgroups = report.cgroups_removed,
+        interfaces = report.interfaces_removed,
         "recovered the state directory"
     );
     Ok(report)

@@ -1,5 +1,5 @@
 //! [`Sandbox`]: the per-daemon state shared by all instances — the chosen runtime, the cgroup
-//! layout, the connector thread, the directories.
+//! layout, the connector thread, the directories, the bridge network (set up on first use).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -7,9 +7,10 @@ use std::sync::{Arc, OnceLock};
 use tracing::{debug, info, warn};
 
 use crate::cgroup::CgroupLayout;
-use crate::error::SandboxError;
+use crate::error::{NetworkError, SandboxError};
 use crate::host::{Host, RealHost};
 use crate::netns::Connector;
+use crate::network::Network;
 use crate::runtime::{self, ChooseContext, Runtime};
 use crate::{Instance, InstanceSpec, RecoveryReport, RuntimeInfo, SandboxConfig, StartError};
 
@@ -35,6 +36,8 @@ pub(crate) struct SandboxInner {
     pub limit_swap: bool,
     /// The freezer keeper's cgroup, made at the first freeze (`keep_freezer_on`).
     pub freezer_keeper: OnceLock<Option<PathBuf>>,
+    /// Bridge mode: the host's bridge and the pool of prepared namespaces.
+    pub network: Network,
 }
 
 /// An empty cgroup under the parent that stays frozen while the sandbox runs. While any cgroup
@@ -131,6 +134,8 @@ impl Sandbox {
                 ),
             });
         }
+        let network = Network::new(config.bridge.clone(), config.state_dir.join("run"))
+            .map_err(|source| SandboxError::Bridge { source })?;
         let instances_dir = config.state_dir.join("instances");
         let run_dir = config.state_dir.join("run");
         create_dir(&instances_dir)?;
@@ -181,6 +186,7 @@ impl Sandbox {
                 nofile_hard,
                 limit_swap,
                 freezer_keeper: OnceLock::new(),
+                network,
             }),
         })
     }
@@ -195,7 +201,9 @@ impl Sandbox {
     }
 
     /// Clean up what a previous (killed) daemon left in this state directory: containers,
-    /// mounts, bundles and empty cgroups. Call before the first start.
+    /// mounts, bundles and empty cgroups; and on the host, the configured bridge with its
+    /// leftover veths and nftables table (only if it is Wharf's and no live daemon holds it).
+    /// Call before the first start.
     pub async fn recover(&self) -> Result<RecoveryReport, SandboxError> {
         crate::recover::recover(&self.inner).await
     }
@@ -206,8 +214,19 @@ impl Sandbox {
         crate::instance_start::start(&self.inner, spec).await
     }
 
-    /// Remove the Wharf-owned parent cgroup in every hierarchy, if empty. Stop all instances
-    /// first.
+    /// Set up bridge networking and fill the pool of prepared network namespaces, so that the
+    /// first [`NetworkMode::Bridge`](crate::NetworkMode::Bridge) cold start finds one ready
+    /// (the pool calls it when such a function is deployed). The first call creates the bridge,
+    /// enables IPv4 forwarding and installs the nftables table, which takes some milliseconds
+    /// and runs `nft` once; later calls only wait for the pool to be full again. A start in
+    /// bridge mode does the same set-up itself if this was never called.
+    pub async fn prepare_network(&self) -> Result<(), NetworkError> {
+        self.inner.network.prepare(&self.inner.host).await
+    }
+
+    /// Remove the bridge network (prepared namespaces, veths, the nftables table, the bridge)
+    /// if it was set up, and the Wharf-owned parent cgroup in every hierarchy, if empty. Stop
+    /// all instances first.
     pub async fn shutdown(&self) {
         let inner = &self.inner;
         if let Some(Some(keeper)) = inner.freezer_keeper.get() {
@@ -216,6 +235,9 @@ impl Sandbox {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => warn!(dir = %keeper.display(), error = %e, "freezer keeper not removed"),
             }
+        }
+        for e in inner.network.shutdown(&inner.host).await {
+            warn!(error = %crate::error::display_chain(&e), "bridge network not fully removed");
         }
         for dir in inner.cgroups.parent_dirs(&inner.config.cgroup_parent) {
             match inner.host.remove_dir(&dir) {

@@ -204,6 +204,37 @@ pub(crate) fn build(p: &SpecParams<'_>) -> Result<Spec, OciSpecError> {
     Ok(spec)
 }
 
+/// Bridge mode: join the network namespace Wharf prepared (`path`, e.g. `/proc/<wharf
+/// pid>/fd/<n>`) instead of creating one. The runtime then leaves its interfaces alone (it
+/// brings up `lo` only in a namespace it creates), which is why the preparer does it.
+pub(crate) fn join_network_namespace(spec: &mut Spec, path: &Path) {
+    let namespaces = spec
+        .linux_mut()
+        .as_mut()
+        .and_then(|linux| linux.namespaces_mut().as_mut());
+    for ns in namespaces.into_iter().flatten() {
+        if ns.typ() == LinuxNamespaceType::Network {
+            ns.set_path(Some(path.to_owned()));
+        }
+    }
+}
+
+/// Bridge mode: the host's `resolv.conf` (`host_file`) read-only at `/etc/resolv.conf`.
+pub(crate) fn mount_resolv_conf(spec: &mut Spec, host_file: &Path) -> Result<(), OciSpecError> {
+    let mount = MountBuilder::default()
+        .destination("/etc/resolv.conf")
+        .typ("bind")
+        .source(host_file)
+        .options(
+            ["bind", "ro", "nosuid", "nodev", "noexec"]
+                .map(String::from)
+                .to_vec(),
+        )
+        .build()?;
+    spec.mounts_mut().get_or_insert_with(Vec::new).push(mount);
+    Ok(())
+}
+
 fn namespaces() -> Result<Vec<LinuxNamespace>, OciSpecError> {
     [
         LinuxNamespaceType::Pid,
@@ -469,6 +500,38 @@ mod tests {
             "root": json["root"],
             "mounts": json["mounts"].as_array().unwrap()[7..],
         }));
+    }
+
+    #[test]
+    fn bridge_mode_joins_the_prepared_namespace_and_mounts_resolv_conf() {
+        let args = vec!["/bin/app".to_string()];
+        let default = build(&params(&args, Path::new("/r"))).unwrap();
+        let mut spec = default.clone();
+        join_network_namespace(&mut spec, Path::new("/proc/42/fd/17"));
+        mount_resolv_conf(&mut spec, Path::new("/etc/resolv.conf")).unwrap();
+        let json = serde_json::to_value(&spec).unwrap();
+        for ns in json["linux"]["namespaces"].as_array().unwrap() {
+            match ns["type"].as_str().unwrap() {
+                "network" => assert_eq!(ns["path"], "/proc/42/fd/17"),
+                _ => assert!(ns.get("path").is_none(), "{ns}"),
+            }
+        }
+        let mounts = json["mounts"].as_array().unwrap();
+        let last = mounts.last().unwrap();
+        assert_eq!(last["destination"], "/etc/resolv.conf");
+        assert_eq!(last["source"], "/etc/resolv.conf");
+        assert_eq!(last["type"], "bind");
+        assert_eq!(
+            last["options"],
+            serde_json::json!(["bind", "ro", "nosuid", "nodev", "noexec"])
+        );
+        // Everything else is the default mode's config.
+        let mut rest = json.clone();
+        rest["mounts"].as_array_mut().unwrap().pop();
+        for ns in rest["linux"]["namespaces"].as_array_mut().unwrap() {
+            ns.as_object_mut().unwrap().remove("path");
+        }
+        assert_eq!(rest, serde_json::to_value(&default).unwrap());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Shared set-up for the sandbox's integration tests: a busybox rootfs in a tempdir, a sandbox
-//! with a unique cgroup parent, an output sink that records lines, an event sink that records
-//! events, and the checks that nothing is left behind.
+//! with a unique cgroup parent and a unique bridge config, an output sink that records lines,
+//! an event sink that records events, and the checks that nothing is left behind.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -8,9 +8,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use std::net::Ipv4Addr;
+
 use wharf_sandbox::{
-    EventSink, InstanceEvent, InstanceSpec, OutputSink, RuntimePreference, Sandbox, SandboxConfig,
-    Stream, User,
+    BridgeConfig, EventSink, InstanceEvent, InstanceSpec, OutputSink, RuntimePreference, Sandbox,
+    SandboxConfig, Stream, User,
 };
 
 pub const BUSYBOX: &str = "/usr/bin/busybox";
@@ -147,12 +149,29 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-/// A sandbox in a temporary state directory, with a unique cgroup parent and busybox layers.
+/// A bridge name and subnet no other test process uses at the same time: `wt<pid><n>` and a
+/// /24 in 10.251.0.0-10.254.255.0 derived from the pid and a counter. Nothing is created
+/// until a bridge-mode start or `prepare_network`.
+pub fn unique_bridge() -> BridgeConfig {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed) as u32;
+    let pid = std::process::id();
+    let slot = (pid.wrapping_mul(8).wrapping_add(n)) % 1024;
+    BridgeConfig {
+        name: format!("wt{pid:x}{n:x}"),
+        subnet: Ipv4Addr::new(10, 251 + (slot / 256) as u8, (slot % 256) as u8, 0),
+        prefix_len: 24,
+    }
+}
+
+/// A sandbox in a temporary state directory, with a unique cgroup parent, a unique bridge
+/// config and busybox layers.
 pub struct Env {
-    /// Declared first: on a panic it cleans up before the tempdir is removed.
+    /// Declared first: dropped first on a panic, so that the cleanup below can take over the
+    /// bridge (one process at a time may use it) and nothing of it is held any more.
+    pub sandbox: Sandbox,
+    /// On a panic it cleans up before the tempdir is removed.
     pub guard: PanicCleanup,
     pub tmp: tempfile::TempDir,
-    pub sandbox: Sandbox,
     pub parent: String,
     pub layers: Vec<PathBuf>,
     pub lines: Arc<Lines>,
@@ -165,6 +184,7 @@ pub struct PanicCleanup {
     pub state_dir: PathBuf,
     pub parent: String,
     pub runtime: RuntimePreference,
+    pub bridge: BridgeConfig,
 }
 
 impl Drop for PanicCleanup {
@@ -176,7 +196,7 @@ impl Drop for PanicCleanup {
             state_dir: self.state_dir.clone(),
             cgroup_parent: self.parent.clone(),
             runtime: self.runtime,
-            bridge: Default::default(),
+            bridge: self.bridge.clone(),
         };
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -196,6 +216,11 @@ impl Drop for PanicCleanup {
 
 impl Env {
     pub fn new(runtime: RuntimePreference) -> Env {
+        Env::with_bridge(runtime, unique_bridge())
+    }
+
+    /// With this bridge config (`finish` checks that nothing of it is left).
+    pub fn with_bridge(runtime: RuntimePreference, bridge: BridgeConfig) -> Env {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env()
@@ -210,7 +235,7 @@ impl Env {
             state_dir: tmp.path().join("state"),
             cgroup_parent: parent.clone(),
             runtime,
-            bridge: Default::default(),
+            bridge: bridge.clone(),
         })
         .unwrap();
         println!("runtime: {}", sandbox.runtime());
@@ -219,6 +244,7 @@ impl Env {
                 state_dir: tmp.path().join("state"),
                 parent: parent.clone(),
                 runtime,
+                bridge,
             },
             tmp,
             sandbox,
@@ -226,6 +252,10 @@ impl Env {
             layers,
             lines: Arc::new(Lines::default()),
         }
+    }
+
+    pub fn bridge(&self) -> &BridgeConfig {
+        &self.guard.bridge
     }
 
     pub fn state_dir(&self) -> PathBuf {
@@ -255,7 +285,7 @@ impl Env {
 
     /// After every instance was stopped: nothing mounted under the state directory, no
     /// instance cgroup, no freezer or OOM-watch file still open. Then shutdown, and no parent
-    /// cgroup either.
+    /// cgroup, bridge, veth or nftables table either.
     pub async fn finish(self) {
         assert_no_mounts_under(&self.state_dir());
         let open = open_cgroup_files(&self.parent);
@@ -282,8 +312,71 @@ impl Env {
             .map(|e| e.path())
             .collect();
         assert!(bundles.is_empty(), "bundles left: {bundles:?}");
+        assert_no_network_leftovers(&self.guard.bridge);
         assert_no_zombie_children().await;
     }
+}
+
+/// No interface named like the bridge, no veth of one of its addresses (`wh<hex>`), no
+/// nftables table of it.
+pub fn assert_no_network_leftovers(bridge: &BridgeConfig) {
+    let net = Path::new("/sys/class/net");
+    assert!(
+        !net.join(&bridge.name).exists(),
+        "bridge {} left",
+        bridge.name
+    );
+    let veths = bridge_veths(bridge);
+    assert!(veths.is_empty(), "veths left: {veths:?}");
+    if let Some(table) = nft_table(bridge) {
+        panic!("nftables table left: {table}");
+    }
+}
+
+/// Host-side veths of the bridge's instances: `wh` + an address of its subnet in hex.
+pub fn bridge_veths(bridge: &BridgeConfig) -> Vec<String> {
+    let mask = u32::MAX << (32 - u32::from(bridge.prefix_len));
+    let mut found: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| {
+            name.strip_prefix("wh")
+                .filter(|hex| hex.len() == 8)
+                .and_then(|hex| u32::from_str_radix(hex, 16).ok())
+                .is_some_and(|addr| addr & mask == u32::from(bridge.subnet))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// `nft list table inet wharf-<bridge>`, if nft exists and the table does.
+pub fn nft_table(bridge: &BridgeConfig) -> Option<String> {
+    let out = std::process::Command::new("nft")
+        .args(["list", "table", "inet", &format!("wharf-{}", bridge.name)])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// File descriptors of this process that hold a network namespace other than its own (a
+/// prepared namespace or an instance's). Only meaningful when no other test in the process
+/// has instances (the network tests take a lock for that).
+pub fn foreign_netns_fds() -> Vec<String> {
+    let own = std::fs::read_link("/proc/self/ns/net").unwrap();
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let target = std::fs::read_link(e.path()).ok()?;
+            let text = target.to_string_lossy();
+            (text.starts_with("net:[") && target != own)
+                .then(|| format!("fd {} -> {text}", e.file_name().to_string_lossy()))
+        })
+        .collect()
 }
 
 /// `/sys/fs/cgroup/*/<name>` (and `/sys/fs/cgroup/<name>` on a v2 host) that exist.
