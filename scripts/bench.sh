@@ -5,7 +5,7 @@
 #   scripts/bench.sh --out run.json           # also write the results as JSON
 #   scripts/bench.sh --against run.json       # print each figure beside an earlier run's
 #   scripts/bench.sh --only P1,P4 --samples 20
-#   scripts/bench.sh --full                   # also 200 idle instances (P10-P12, not frozen)
+#   scripts/bench.sh --full                   # also 200 frozen instances (P10-P12)
 # The binaries go to $CARGO_TARGET_DIR (default target/), the generated images and npm's
 # packages to its bench-cache/ (kept between runs). Not part of the tests; CI does not run it.
 set -euo pipefail

@@ -368,11 +368,12 @@ async fn crash_recovery(runtime: RuntimePreference) {
     } = env;
     drop(sandbox);
 
+    // The env's own bridge: recovery must never touch another daemon's (or the default) one.
     let sandbox = Sandbox::new(SandboxConfig {
         state_dir: tmp.path().join("state"),
         cgroup_parent: parent.clone(),
         runtime,
-        bridge: Default::default(),
+        bridge: guard.bridge.clone(),
     })
     .unwrap();
     let report = sandbox.recover().await.unwrap();

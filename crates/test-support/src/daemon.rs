@@ -284,7 +284,21 @@ impl Wharf {
     /// What the daemon (or a crash of it) left on the host: mounts under the data directory,
     /// cgroups of its parent, processes in those cgroups or naming the data directory.
     pub fn leftovers(&self) -> Vec<String> {
-        leftovers(&self.data_dir, &self.cgroup_parent)
+        let mut found = leftovers(&self.data_dir, &self.cgroup_parent);
+        if let Some(bridge) = self.bridge_name() {
+            found.extend(bridge_leftovers(&bridge));
+        }
+        found
+    }
+
+    /// The `--bridge-name` this daemon was given, if any (tests that use bridge mode give
+    /// their own, so that parallel daemons do not share one).
+    pub fn bridge_name(&self) -> Option<String> {
+        let extra = &self.options.extra;
+        extra
+            .iter()
+            .position(|a| a == "--bridge-name")
+            .and_then(|i| extra.get(i + 1).cloned())
     }
 }
 
@@ -307,6 +321,34 @@ fn signal(pid: u32, sig: i32) {
         .arg(format!("-{sig}"))
         .arg(pid.to_string())
         .status();
+}
+
+/// The bridge interface `name`, veths enslaved to it, and its nftables table `inet wharf-<name>`,
+/// if any is still there.
+pub fn bridge_leftovers(name: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let dir = Path::new("/sys/class/net").join(name);
+    if dir.exists() {
+        found.push(format!("bridge: {name}"));
+        if let Ok(ports) = std::fs::read_dir(dir.join("brif")) {
+            for port in ports.flatten() {
+                found.push(format!(
+                    "veth on {name}: {}",
+                    port.file_name().to_string_lossy()
+                ));
+            }
+        }
+    }
+    let table = format!("wharf-{name}");
+    let listed = Command::new("nft")
+        .args(["list", "table", "inet", &table])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if listed.is_ok_and(|s| s.success()) {
+        found.push(format!("nftables table: inet {table}"));
+    }
+    found
 }
 
 /// Mounts under `data_dir`, cgroup directories named `cgroup_parent` in any hierarchy, and
