@@ -271,10 +271,12 @@ async fn freeze_one(
                 .freeze_state()
                 .queued
                 .store(false, Ordering::Release);
+            // Not to serve again: stopped now if idle, else when the request that took it
+            // meanwhile releases it.
+            instance.mark_unhealthy();
             if let Some(fp) = pool.function(&instance.revision.spec.name)
                 && fp.remove_idle(&instance)
             {
-                instance.mark_unhealthy();
                 pool.stop_in_background(vec![instance]);
             }
         }

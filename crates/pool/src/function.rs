@@ -233,7 +233,11 @@ impl FunctionPool {
         let current = self.revision();
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         st.busy -= 1;
-        if !healthy || st.retired || !Arc::ptr_eq(&instance.revision, &current) || instance.exited()
+        if !healthy
+            || !instance.healthy()
+            || st.retired
+            || !Arc::ptr_eq(&instance.revision, &current)
+            || instance.exited()
         {
             st.members.remove(instance.id());
             if !healthy {

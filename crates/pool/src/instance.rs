@@ -268,6 +268,11 @@ impl PoolInstance {
         &self.freeze
     }
 
+    /// False once it failed a request or a hook asked for its restart: it serves no more.
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+
     pub fn mark_unhealthy(&self) {
         self.healthy.store(false, Ordering::Release);
     }
