@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustix::pipe::PipeFlags;
-use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 use tokio::task::JoinHandle;
 
@@ -113,30 +112,43 @@ impl Drop for OutputCapture {
 }
 
 async fn read_lines(
-    mut receiver: pipe::Receiver,
+    receiver: pipe::Receiver,
     id: String,
     stream: Stream,
     sink: Arc<dyn OutputSink>,
     recent: Arc<Mutex<VecDeque<u8>>>,
 ) {
-    let mut buf = vec![0u8; 8192];
     let mut splitter = LineSplitter::default();
-    loop {
-        let n = match receiver.read(&mut buf).await {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                tracing::debug!(instance = %id, ?stream, error = %e, "output pipe read failed");
-                break;
-            }
-        };
-        let chunk = &buf[..n];
-        remember(&recent, chunk);
-        splitter.push(chunk, |line| sink.write_line(&id, stream, line));
+    // The read buffer exists only while the pipe has data: an instance that prints nothing
+    // for hours (most of them, frozen ones all) holds no 8 KiB per stream.
+    'open: loop {
+        if let Err(e) = receiver.readable().await {
+            tracing::debug!(instance = %id, ?stream, error = %e, "output pipe poll failed");
+            break;
+        }
+        let mut buf = vec![0u8; READ_CHUNK_BYTES];
+        loop {
+            let n = match receiver.try_read(&mut buf) {
+                Ok(0) => break 'open,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::debug!(instance = %id, ?stream, error = %e, "output pipe read failed");
+                    break 'open;
+                }
+            };
+            let chunk = &buf[..n];
+            remember(&recent, chunk);
+            splitter.push(chunk, |line| sink.write_line(&id, stream, line));
+        }
+        splitter.release();
     }
     splitter.finish(|line| sink.write_line(&id, stream, line));
 }
+
+/// What one read of an output pipe takes at most.
+const READ_CHUNK_BYTES: usize = 8192;
 
 fn remember(recent: &Mutex<VecDeque<u8>>, chunk: &[u8]) {
     let mut recent = recent.lock().unwrap_or_else(|e| e.into_inner());
@@ -164,6 +176,13 @@ impl LineSplitter {
             let rest = self.partial.split_off(MAX_LINE_BYTES);
             emit(&String::from_utf8_lossy(&self.partial));
             self.partial = rest;
+        }
+    }
+
+    /// Gives back a large buffer left by a long line once nothing is pending.
+    pub fn release(&mut self) {
+        if self.partial.is_empty() && self.partial.capacity() > 1024 {
+            self.partial = Vec::new();
         }
     }
 

@@ -202,6 +202,12 @@ async fn measure(bins: &Binaries, testfn: &Pushed, n: usize) -> anyhow::Result<V
             "{:.1} MiB before the instances; target ≤50 MB is for 1,000",
             mib(rss0 as f64)
         ))
+        .bounds(if n >= 1000 {
+            // PERFORMANCE.md's 50 MB.
+            &[Bound::AtMost(50e6 / 1048576.0)]
+        } else {
+            &[]
+        })
         .judged(0),
     ])
 }
