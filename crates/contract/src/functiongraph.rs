@@ -107,21 +107,11 @@ impl Contract for FunctionGraph {
     }
 
     fn classify_hook(&self, status: StatusCode) -> HookOutcome {
-        if status.is_success() {
-            HookOutcome::Success
-        } else {
-            HookOutcome::Failed { status }
-        }
+        crate::status_hook_outcome(status)
     }
 
     fn classify(&self, status: StatusCode, _headers: &HeaderMap) -> Outcome {
-        if status.is_success() {
-            Outcome::Success
-        } else {
-            Outcome::FunctionError {
-                reason: format!("the function answered with status {}", status.as_u16()),
-            }
-        }
+        crate::status_outcome(status)
     }
 
     fn response_header_allowed(&self, name: &HeaderName) -> bool {

@@ -102,6 +102,27 @@ pub(crate) const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
+/// The rule of contracts that document only "a valid HTTP response" (FunctionGraph, SCF): a 2xx
+/// answer is a success, anything else a function error, its status and body kept.
+pub(crate) fn status_outcome(status: StatusCode) -> Outcome {
+    if status.is_success() {
+        Outcome::Success
+    } else {
+        Outcome::FunctionError {
+            reason: format!("the function answered with status {}", status.as_u16()),
+        }
+    }
+}
+
+/// A hook of such a contract: a 2xx succeeded, anything else failed.
+pub(crate) fn status_hook_outcome(status: StatusCode) -> HookOutcome {
+    if status.is_success() {
+        HookOutcome::Success
+    } else {
+        HookOutcome::Failed { status }
+    }
+}
+
 /// What an instance printed, for an error message: trimmed, or a note that it printed nothing.
 pub fn printed(output: &str) -> &str {
     match output.trim_end() {

@@ -34,7 +34,7 @@ pub enum InvokeError {
          command: set `command` on the function"
     )]
     NoCommand { name: String, image: String },
-    #[error("function {name}: the instance could not be created: {}", chain(source.as_ref()))]
+    #[error("function {name}: the instance could not be created: {}", wharf_sandbox::display_chain(source.as_ref()))]
     StartFailed {
         name: String,
         #[source]
@@ -98,19 +98,6 @@ pub enum InvokeError {
     ShuttingDown,
     #[error("internal error while invoking function {name}: {reason}")]
     Internal { name: String, reason: String },
-}
-
-/// `error: its source: …`: a start error's own message often says only which step failed, its
-/// sources say why (a refused mount, an unknown user).
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
 }
 
 impl InvokeError {

@@ -499,7 +499,7 @@ fn root_reason(user: &User) -> String {
 }
 
 /// `error: source: source…`, for logs and report strings.
-pub(crate) fn display_chain(error: &dyn std::error::Error) -> String {
+pub fn display_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(e) = source {

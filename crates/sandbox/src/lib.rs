@@ -85,7 +85,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use error::{CleanupError, FreezeError, NetworkError, SandboxError, StartError};
+pub use error::{CleanupError, FreezeError, NetworkError, SandboxError, StartError, display_chain};
 pub use instance::Instance;
 pub use mounts::{
     MAX_BIND_MOUNTS, MAX_MOUNT_PATH_BYTES, MountError, validate_mount, validate_mounts,

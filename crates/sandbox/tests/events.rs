@@ -1,33 +1,14 @@
 //! Instance events of real instances, with crun and with runc: their order over a whole life,
 //! and an OOM kill of a child reported while the instance goes on running.
 
+#[macro_use]
 mod common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Env, Recorder, can_run, wait_for_comm};
+use common::{Env, Recorder, wait_for_comm};
 use wharf_sandbox::{ExitInfo, InstanceEvent, RuntimePreference, Stream};
-
-/// Instantiate an `async fn(RuntimePreference)` test for crun and runc.
-macro_rules! both_runtimes {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn crun() {
-                if super::can_run() {
-                    super::$name(wharf_sandbox::RuntimePreference::Crun).await;
-                }
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn runc() {
-                if super::can_run() {
-                    super::$name(wharf_sandbox::RuntimePreference::Runc).await;
-                }
-            }
-        }
-    )*};
-}
 
 both_runtimes!(events_of_a_short_life, oom_kill_of_a_child_while_running);
 

@@ -5,35 +5,16 @@
 //! On this kind of host (hybrid) the freezer is the v1 `freezer` hierarchy; on a pure v2 host
 //! the same tests read the v2 files.
 
+#[macro_use]
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Env, Recorder, assert_process_gone, can_run, wait_for_comm};
+use common::{Env, Recorder, assert_process_gone, wait_for_comm};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wharf_sandbox::{ExitInfo, FreezeError, Instance, InstanceEvent, RuntimePreference};
-
-/// Instantiate an `async fn(RuntimePreference)` test for crun and runc.
-macro_rules! both_runtimes {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn crun() {
-                if super::can_run() {
-                    super::$name(wharf_sandbox::RuntimePreference::Crun).await;
-                }
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn runc() {
-                if super::can_run() {
-                    super::$name(wharf_sandbox::RuntimePreference::Runc).await;
-                }
-            }
-        }
-    )*};
-}
 
 both_runtimes!(
     a_frozen_busy_loop_uses_no_cpu,

@@ -4,6 +4,7 @@
 //! directory and cgroup parent, stops what it started and checks that no mount, cgroup,
 //! bundle or process is left.
 
+#[macro_use]
 mod common;
 
 use std::path::Path;
@@ -15,26 +16,6 @@ use wharf_sandbox::{
     ExitInfo, NotListening, RuntimeKind, RuntimePreference, Sandbox, SandboxConfig, StartError,
     Stream, User,
 };
-
-/// Instantiate an `async fn(RuntimePreference)` test for crun and runc.
-macro_rules! both_runtimes {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn crun() {
-                if super::can_run() {
-                    super::$name(wharf_sandbox::RuntimePreference::Crun).await;
-                }
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn runc() {
-                if super::can_run() {
-                    super::$name(wharf_sandbox::RuntimePreference::Runc).await;
-                }
-            }
-        }
-    )*};
-}
 
 both_runtimes!(
     http_through_the_connector,

@@ -3,33 +3,14 @@
 //! The instances run as uid 0 inside (the worst case: root without capabilities), except
 //! where a test says otherwise.
 
+#[macro_use]
 mod common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{Env, can_run};
+use common::Env;
 use wharf_sandbox::{ExitInfo, RuntimePreference, Stream, User};
-
-/// Instantiate an `async fn(RuntimePreference)` test for crun and runc.
-macro_rules! both_runtimes {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn crun() {
-                if super::can_run() {
-                    super::$name(wharf_sandbox::RuntimePreference::Crun).await;
-                }
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn runc() {
-                if super::can_run() {
-                    super::$name(wharf_sandbox::RuntimePreference::Runc).await;
-                }
-            }
-        }
-    )*};
-}
 
 both_runtimes!(
     no_capabilities_no_new_privs_seccomp,

@@ -5,39 +5,20 @@
 //! it started and checks that nothing is left (`Env::finish`); the host directories a test
 //! mounts in live in its tempdir.
 
+#[macro_use]
 mod common;
 
 use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
 use common::{
-    Env, HostTmpfs, add_applets, assert_no_mounts_under, busybox_layers_with_tmp, can_run,
+    Env, HostTmpfs, add_applets, assert_no_mounts_under, busybox_layers_with_tmp,
     cgroup_dirs_named, wait_for_line,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wharf_sandbox::{
     BindMount, ExitInfo, InstanceSpec, MountError, RuntimePreference, StartError, Stream, User,
 };
-
-/// Instantiate an `async fn(RuntimePreference)` test for crun and runc.
-macro_rules! both_runtimes {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn crun() {
-                if super::can_run() {
-                    super::$name(wharf_sandbox::RuntimePreference::Crun).await;
-                }
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn runc() {
-                if super::can_run() {
-                    super::$name(wharf_sandbox::RuntimePreference::Runc).await;
-                }
-            }
-        }
-    )*};
-}
 
 both_runtimes!(
     tmp_is_writable_whatever_the_image_has,

@@ -15,6 +15,29 @@ use wharf_sandbox::{
     SandboxConfig, Stream, User,
 };
 
+/// Instantiate each `async fn(RuntimePreference)` test for crun and for runc (`<test>::crun`,
+/// `<test>::runc`); each says `skipped` and returns when [`can_run`] says it cannot run here.
+/// Test files take it with `#[macro_use] mod common;`.
+#[allow(unused_macros)]
+macro_rules! both_runtimes {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn crun() {
+                if $crate::common::can_run() {
+                    super::$name(wharf_sandbox::RuntimePreference::Crun).await;
+                }
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn runc() {
+                if $crate::common::can_run() {
+                    super::$name(wharf_sandbox::RuntimePreference::Runc).await;
+                }
+            }
+        }
+    )*};
+}
+
 pub const BUSYBOX: &str = "/usr/bin/busybox";
 
 /// `None` (and a "skipped" line) when these tests cannot run here.
