@@ -204,48 +204,27 @@ fn path_form(bytes: &[u8]) -> PathForm {
 pub fn validate_mount(m: &BindMount) -> Result<(), MountError> {
     let host_path = || m.source.clone();
     let target = || m.target.clone();
-    match path_form(m.target.as_bytes()) {
-        PathForm::Plain => {}
-        PathForm::TooLongOrNul => {
-            return Err(MountError::BadPath {
-                host_path: host_path(),
-                target: target(),
-            });
-        }
-        PathForm::NotAbsolute => {
-            return Err(MountError::TargetNotAbsolute {
-                host_path: host_path(),
-                target: target(),
-            });
-        }
-        PathForm::NotNormal => {
-            return Err(MountError::TargetNotNormal {
-                host_path: host_path(),
-                target: target(),
-            });
-        }
-    }
-    match path_form(m.source.as_os_str().as_bytes()) {
-        PathForm::Plain => {}
-        PathForm::TooLongOrNul => {
-            return Err(MountError::BadPath {
-                host_path: host_path(),
-                target: target(),
-            });
-        }
-        PathForm::NotAbsolute => {
-            return Err(MountError::SourceNotAbsolute {
-                host_path: host_path(),
-                target: target(),
-            });
-        }
-        PathForm::NotNormal => {
-            return Err(MountError::SourceNotNormal {
-                host_path: host_path(),
-                target: target(),
-            });
-        }
-    }
+    type Make = fn(PathBuf, String) -> MountError;
+    // The same forms are wrong for both paths; only the variant that says which path differs.
+    let check = |bytes: &[u8], not_absolute: Make, not_normal: Make| {
+        let make: Make = match path_form(bytes) {
+            PathForm::Plain => return Ok(()),
+            PathForm::TooLongOrNul => |host_path, target| MountError::BadPath { host_path, target },
+            PathForm::NotAbsolute => not_absolute,
+            PathForm::NotNormal => not_normal,
+        };
+        Err(make(host_path(), target()))
+    };
+    check(
+        m.target.as_bytes(),
+        |host_path, target| MountError::TargetNotAbsolute { host_path, target },
+        |host_path, target| MountError::TargetNotNormal { host_path, target },
+    )?;
+    check(
+        m.source.as_os_str().as_bytes(),
+        |host_path, target| MountError::SourceNotAbsolute { host_path, target },
+        |host_path, target| MountError::SourceNotNormal { host_path, target },
+    )?;
     if m.target == "/" {
         return Err(MountError::TargetRoot {
             host_path: host_path(),
