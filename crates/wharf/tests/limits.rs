@@ -4,104 +4,40 @@
 
 use std::path::PathBuf;
 
-use serde_json::{Value, json};
-use wharf_test_support::daemon::{ApiResponse, Wharf, WharfOptions};
-use wharf_test_support::registry::Registry;
-use wharf_test_support::testfn::push_testfn;
+use serde_json::json;
+use wharf_test_support::daemon::{ApiResponse, WharfOptions};
+use wharf_test_support::env::{TestEnv, skip_unless_root};
 
 const WHARF: &str = env!("CARGO_BIN_EXE_wharf");
 
-struct Env {
-    _registry: Registry,
-    wharf: Wharf,
-    image: String,
-}
-
-fn needs_root() -> bool {
-    if rustix::process::geteuid().is_root() {
-        return false;
-    }
-    eprintln!("skipped: needs root (wharf serve mounts filesystems and creates cgroups)");
-    true
-}
-
-async fn env(options: WharfOptions) -> Env {
-    let registry = Registry::start().expect("start the registry");
-    push_testfn(&registry.host(), "hello", "latest")
-        .await
-        .expect("push the test function");
-    let wharf = Wharf::start(WHARF.as_ref(), options).expect("start wharf serve");
-    let image = format!("{}/hello:latest", registry.host());
-    Env {
-        _registry: registry,
-        wharf,
-        image,
-    }
-}
-
-impl Env {
-    async fn deploy(&self, name: &str, body: Value) {
-        let resp = self
-            .wharf
-            .api(
-                "PUT",
-                &format!("/v1/functions/{name}"),
-                Some(body.to_string().into_bytes()),
-            )
-            .await;
-        assert!(
-            resp.status == 200 || resp.status == 201,
-            "deploy {name}: {} {}",
-            resp.status,
-            resp.text()
-        );
-    }
-
-    async fn invoke(&self, name: &str, event: Value) -> ApiResponse {
-        self.wharf
-            .api(
-                "POST",
-                &format!("/v1/functions/{name}/invoke"),
-                Some(event.to_string().into_bytes()),
-            )
-            .await
-    }
-
-    /// The first of `files` (relative to the instance's cgroup directory in each hierarchy)
-    /// that exists, and its content.
-    fn cgroup_file(&self, instance: &str, files: &[&str]) -> (PathBuf, String) {
-        let parent = self.wharf.cgroup_parent();
-        let roots = [
-            "/sys/fs/cgroup/cpu",
-            "/sys/fs/cgroup/cpu,cpuacct",
-            "/sys/fs/cgroup/pids",
-            "/sys/fs/cgroup/unified",
-            "/sys/fs/cgroup",
-        ];
-        for root in roots {
-            for file in files {
-                let path = PathBuf::from(root).join(parent).join(instance).join(file);
-                if let Ok(text) = std::fs::read_to_string(&path) {
-                    return (path, text.trim().to_owned());
-                }
+/// The first of `files` (relative to the instance's cgroup directory in each hierarchy)
+/// that exists, and its content.
+fn cgroup_file(env: &TestEnv, instance: &str, files: &[&str]) -> (PathBuf, String) {
+    let parent = env.wharf.cgroup_parent();
+    let roots = [
+        "/sys/fs/cgroup/cpu",
+        "/sys/fs/cgroup/cpu,cpuacct",
+        "/sys/fs/cgroup/pids",
+        "/sys/fs/cgroup/unified",
+        "/sys/fs/cgroup",
+    ];
+    for root in roots {
+        for file in files {
+            let path = PathBuf::from(root).join(parent).join(instance).join(file);
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                return (path, text.trim().to_owned());
             }
         }
-        panic!("none of {files:?} found for instance {instance} under {parent}");
     }
-
-    fn finish(mut self) {
-        self.wharf.stop().expect("stop wharf serve");
-        let left = self.wharf.leftovers();
-        assert!(left.is_empty(), "left behind: {left:#?}");
-    }
+    panic!("none of {files:?} found for instance {instance} under {parent}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_memory_is_reported_with_the_limit_and_the_peak() {
-    if needs_root() {
+    if skip_unless_root() {
         return;
     }
-    let env = env(WharfOptions::default()).await;
+    let env = TestEnv::start(WHARF, WharfOptions::default()).await;
     env.deploy("hog", json!({"image": env.image, "memory_mb": 64}))
         .await;
 
@@ -170,13 +106,16 @@ async fn out_of_memory_is_reported_with_the_limit_and_the_peak() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cpu_share_follows_memory_and_a_fork_bomb_stops_at_the_pids_limit() {
-    if needs_root() {
+    if skip_unless_root() {
         return;
     }
-    let env = env(WharfOptions {
-        extra: vec!["--pids-limit".into(), "40".into()],
-        ..WharfOptions::default()
-    })
+    let env = TestEnv::start(
+        WHARF,
+        WharfOptions {
+            extra: vec!["--pids-limit".into(), "40".into()],
+            ..WharfOptions::default()
+        },
+    )
     .await;
     env.deploy("small", json!({"image": env.image, "memory_mb": 128}))
         .await;
@@ -189,7 +128,7 @@ async fn cpu_share_follows_memory_and_a_fork_bomb_stops_at_the_pids_limit() {
         let r = env.invoke(name, json!({"name": name})).await;
         assert_eq!(r.status, 200, "{}", r.text());
         let id = r.header("x-wharf-instance-id").unwrap();
-        let (path, value) = env.cgroup_file(&id, &["cpu.shares", "cpu.weight"]);
+        let (path, value) = cgroup_file(&env, &id, &["cpu.shares", "cpu.weight"]);
         println!("{name}: {} = {value}", path.display());
         shares.push((path, value.parse::<u64>().unwrap()));
     }
@@ -204,7 +143,7 @@ async fn cpu_share_follows_memory_and_a_fork_bomb_stops_at_the_pids_limit() {
     // A fork bomb stops at the pids limit; the instance and Wharf carry on.
     let r = env.invoke("small", json!({"name": "x"})).await;
     let id = r.header("x-wharf-instance-id").unwrap();
-    let (_, max) = env.cgroup_file(&id, &["pids.max"]);
+    let (_, max) = cgroup_file(&env, &id, &["pids.max"]);
     assert_eq!(max, "40");
     let r = env.invoke("small", json!({"cmd": "fork", "n": 500})).await;
     assert_eq!(r.status, 200, "{}", r.text());
