@@ -119,6 +119,14 @@ impl Instance {
         }
     }
 
+    /// Waits (at most `patience`) until every line the instance printed so far has reached its
+    /// output sink; immediate when it printed nothing since the last call. The pool calls it
+    /// when an invocation ends, so the function's lines precede the line that closes the
+    /// invocation in the log.
+    pub async fn output_settled(&self, patience: Duration) {
+        self.output.settle(patience).await;
+    }
+
     /// The last few KB the instance printed (stdout and stderr interleaved).
     pub fn recent_output(&self) -> String {
         self.output.recent()

@@ -6,8 +6,9 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustix::pipe::PipeFlags;
 use tokio::net::unix::pipe;
@@ -48,6 +49,16 @@ impl OutputPipes {
 pub(crate) struct OutputCapture {
     recent: Arc<Mutex<VecDeque<u8>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    streams: Vec<Arc<ReaderState>>,
+}
+
+/// What [`OutputCapture::caught_up`] needs of one stream's reader: a second handle on the pipe's
+/// read end (to ask the kernel how many bytes are unread) and whether the reader is between
+/// reads, every line it read handed to the sink.
+struct ReaderState {
+    pipe: OwnedFd,
+    /// Cleared by the reader before it reads, set once it has handed on all it read.
+    idle: AtomicBool,
 }
 
 impl OutputCapture {
@@ -60,7 +71,12 @@ impl OutputCapture {
     ) -> io::Result<OutputCapture> {
         let recent = Arc::new(Mutex::new(VecDeque::with_capacity(RECENT_OUTPUT_BYTES)));
         let mut tasks = Vec::with_capacity(2);
+        let mut streams = Vec::with_capacity(2);
         for (fd, stream) in [(stdout, Stream::Stdout), (stderr, Stream::Stderr)] {
+            let state = Arc::new(ReaderState {
+                pipe: fd.try_clone()?,
+                idle: AtomicBool::new(true),
+            });
             let receiver = pipe::Receiver::from_owned_fd(fd)?;
             tasks.push(tokio::spawn(read_lines(
                 receiver,
@@ -68,12 +84,43 @@ impl OutputCapture {
                 stream,
                 sink.clone(),
                 recent.clone(),
+                state.clone(),
             )));
+            streams.push(state);
         }
         Ok(OutputCapture {
             recent,
             tasks: Mutex::new(tasks),
+            streams,
         })
+    }
+
+    /// Whether every complete line written to the pipes so far has reached the sink: nothing is
+    /// left unread in either pipe and neither reader holds lines it has not handed on. (Reading
+    /// the pipe first and the reader's flag second is what makes this safe: a reader clears its
+    /// flag before it takes bytes out of the pipe.)
+    pub fn caught_up(&self) -> bool {
+        self.streams.iter().all(|s| {
+            let unread = rustix::io::ioctl_fionread(&s.pipe).unwrap_or(0);
+            unread == 0 && s.idle.load(Ordering::SeqCst)
+        })
+    }
+
+    /// Waits, at most `patience`, until [`caught_up`](Self::caught_up): what a function
+    /// printed before answering is then in its log before the line that ends the invocation.
+    /// Returns at once when nothing was printed.
+    pub async fn settle(&self, patience: Duration) {
+        let t0 = Instant::now();
+        let mut round = 0u32;
+        while !self.caught_up() && t0.elapsed() < patience {
+            // The reader has usually been woken already and needs only to run.
+            if round < 8 {
+                tokio::task::yield_now().await;
+            } else {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            round += 1;
+        }
     }
 
     pub fn recent(&self) -> String {
@@ -117,6 +164,7 @@ async fn read_lines(
     stream: Stream,
     sink: Arc<dyn OutputSink>,
     recent: Arc<Mutex<VecDeque<u8>>>,
+    state: Arc<ReaderState>,
 ) {
     let mut splitter = LineSplitter::default();
     // The read buffer exists only while the pipe has data: an instance that prints nothing
@@ -126,6 +174,7 @@ async fn read_lines(
             tracing::debug!(instance = %id, ?stream, error = %e, "output pipe poll failed");
             break;
         }
+        state.idle.store(false, Ordering::SeqCst);
         let mut buf = vec![0u8; READ_CHUNK_BYTES];
         loop {
             let n = match receiver.try_read(&mut buf) {
@@ -143,8 +192,10 @@ async fn read_lines(
             splitter.push(chunk, |line| sink.write_line(&id, stream, line));
         }
         splitter.release();
+        state.idle.store(true, Ordering::SeqCst);
     }
     splitter.finish(|line| sink.write_line(&id, stream, line));
+    state.idle.store(true, Ordering::SeqCst);
 }
 
 /// What one read of an output pipe takes at most.
@@ -271,5 +322,25 @@ mod tests {
             ]
         );
         assert!(capture.recent().contains("oops"));
+    }
+
+    #[tokio::test]
+    async fn settle_waits_until_printed_lines_reached_the_sink() {
+        let pipes = OutputPipes::new().unwrap();
+        let sink = Arc::new(Collect(Mutex::new(Vec::new())));
+        let capture =
+            OutputCapture::start("i1", pipes.stdout_read, pipes.stderr_read, sink.clone()).unwrap();
+        assert!(capture.caught_up(), "nothing printed yet");
+        for round in 0..50 {
+            let line = format!("line {round}\n");
+            rustix::io::write(&pipes.stdout_write, line.as_bytes()).unwrap();
+            rustix::io::write(&pipes.stderr_write, b"err\n").unwrap();
+            assert!(!capture.caught_up(), "unread bytes in the pipes");
+            capture.settle(Duration::from_secs(5)).await;
+            assert!(capture.caught_up());
+            let got = sink.0.lock().unwrap().clone();
+            assert_eq!(got.len(), 2 * (round + 1), "{got:?}");
+            assert!(got.contains(&(Stream::Stdout, format!("line {round}"))));
+        }
     }
 }
