@@ -103,38 +103,33 @@ impl From<ImageError> for ApiError {
 impl From<InvokeError> for ApiError {
     fn from(e: InvokeError) -> Self {
         let message = e.to_string();
-        let (status, code) = match &e {
+        let status = match &e {
             InvokeError::FunctionNotFound { name } => return ApiError::function_not_found(name),
             // At invoke time an image is pulled only for a `prepull: false` function or when its
             // layers were removed: the call reached no function (502), and the code says why
             // (ImageTooLarge, ImageCorrupt, RegistryUnavailable, …), the message what to do.
             InvokeError::Image { source, .. } => {
-                (StatusCode::BAD_GATEWAY, image_status_code(source.kind()).1)
+                return ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    image_status_code(source.kind()).1,
+                    message,
+                );
             }
-            InvokeError::NoCommand { .. } => {
-                (StatusCode::INTERNAL_SERVER_ERROR, "FunctionMisconfigured")
-            }
-            InvokeError::StartFailed { .. } => {
-                (StatusCode::INTERNAL_SERVER_ERROR, "InstanceStartFailed")
-            }
-            InvokeError::NotStarted { .. } => (StatusCode::BAD_GATEWAY, "FunctionNotStarted"),
-            InvokeError::InitializeFailed { .. } => {
-                (StatusCode::BAD_GATEWAY, "FunctionInitializationFailed")
-            }
-            InvokeError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "FunctionTimeout"),
-            InvokeError::Crashed { .. } => (StatusCode::BAD_GATEWAY, "FunctionCrashed"),
-            InvokeError::OutOfMemory { .. } => (StatusCode::BAD_GATEWAY, "FunctionOutOfMemory"),
-            InvokeError::Unreachable { .. } => (StatusCode::BAD_GATEWAY, "InstanceUnreachable"),
-            InvokeError::ResponseTooLarge { .. } => {
-                (StatusCode::BAD_GATEWAY, "FunctionResponseTooLarge")
-            }
-            InvokeError::TooManyInstances { .. } => {
-                (StatusCode::TOO_MANY_REQUESTS, "ResourceExhausted")
-            }
-            InvokeError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "ShuttingDown"),
-            InvokeError::Internal { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
+            InvokeError::NoCommand { .. }
+            | InvokeError::StartFailed { .. }
+            | InvokeError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            InvokeError::NotStarted { .. }
+            | InvokeError::InitializeFailed { .. }
+            | InvokeError::Crashed { .. }
+            | InvokeError::OutOfMemory { .. }
+            | InvokeError::Unreachable { .. }
+            | InvokeError::ResponseTooLarge { .. } => StatusCode::BAD_GATEWAY,
+            InvokeError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            InvokeError::TooManyInstances { .. } => StatusCode::TOO_MANY_REQUESTS,
+            InvokeError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         };
-        ApiError::new(status, code, message)
+        // The code is the pool's (`InvokeError::code`): records and REPORT lines use the same.
+        ApiError::new(status, e.code(), message)
     }
 }
 

@@ -101,6 +101,41 @@ pub enum InvokeError {
 }
 
 impl InvokeError {
+    /// The stable code of the error, as the API shows it (`"error": {"code"}`) and as
+    /// invocation records and REPORT lines name it.
+    pub fn code(&self) -> &'static str {
+        match self {
+            InvokeError::FunctionNotFound { .. } => "FunctionNotFound",
+            // The image error's own code says more (ImageCorrupt, RegistryUnreachable, …): the
+            // API uses that; here the kind of failure is enough.
+            InvokeError::Image { .. } => "ImageUnavailable",
+            InvokeError::NoCommand { .. } => "FunctionMisconfigured",
+            InvokeError::StartFailed { .. } => "InstanceStartFailed",
+            InvokeError::NotStarted { .. } => "FunctionNotStarted",
+            InvokeError::InitializeFailed { .. } => "FunctionInitializationFailed",
+            InvokeError::Timeout { .. } => "FunctionTimeout",
+            InvokeError::Crashed { .. } => "FunctionCrashed",
+            InvokeError::OutOfMemory { .. } => "FunctionOutOfMemory",
+            InvokeError::Unreachable { .. } => "InstanceUnreachable",
+            InvokeError::ResponseTooLarge { .. } => "FunctionResponseTooLarge",
+            InvokeError::TooManyInstances { .. } => "ResourceExhausted",
+            InvokeError::ShuttingDown => "ShuttingDown",
+            InvokeError::Internal { .. } => "InternalError",
+        }
+    }
+
+    /// The instance the error happened on, when one was serving.
+    pub fn instance(&self) -> Option<&str> {
+        match self {
+            InvokeError::InitializeFailed { instance, .. }
+            | InvokeError::Timeout { instance, .. }
+            | InvokeError::Crashed { instance, .. }
+            | InvokeError::OutOfMemory { instance, .. }
+            | InvokeError::Unreachable { instance, .. } => Some(instance),
+            _ => None,
+        }
+    }
+
     /// Whether the instance that produced this error must not serve again.
     pub(crate) fn kills_instance(&self) -> bool {
         match self {
