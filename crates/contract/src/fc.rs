@@ -11,8 +11,8 @@ use http::header::{CONTENT_TYPE, HOST};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 
 use crate::{
-    Contract, ContractKind, FunctionContext, Hook, HookOutcome, Outcome, Prepared, RequestTemplate,
-    header,
+    Contract, ContractKind, FunctionContext, Hook, HookOutcome, LogPoint, Outcome, Prepared,
+    RequestTemplate, header,
 };
 
 /// The default `CAPort`.
@@ -182,12 +182,34 @@ impl Contract for Fc {
             deadline.as_secs_f64()
         )
     }
+
+    fn log_marker(&self, point: LogPoint, request_id: &str) -> Option<String> {
+        let what = match point {
+            LogPoint::InitializeStart => "Initialize Start",
+            LogPoint::InitializeEnd => "Initialize End",
+            LogPoint::InvokeStart => "Invoke Start",
+            LogPoint::InvokeEnd => "Invoke End",
+        };
+        Some(format!("FC {what} RequestId: {request_id}"))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use bytes::Bytes;
+
+    #[test]
+    fn fc_writes_its_own_markers() {
+        assert_eq!(
+            Fc.log_marker(LogPoint::InvokeStart, "r-1").as_deref(),
+            Some("FC Invoke Start RequestId: r-1")
+        );
+        assert_eq!(
+            Fc.log_marker(LogPoint::InitializeEnd, "r-1").as_deref(),
+            Some("FC Initialize End RequestId: r-1")
+        );
+    }
 
     fn ctx(initializer: Option<u64>) -> FunctionContext {
         FunctionContext {

@@ -226,6 +226,16 @@ impl Hook {
     }
 }
 
+/// Points of an invocation at which a vendor writes a line of its own into the function's log
+/// (besides the `START`/`END`/`REPORT` lines Wharf writes for every contract).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogPoint {
+    InitializeStart,
+    InitializeEnd,
+    InvokeStart,
+    InvokeEnd,
+}
+
 /// How the function answered an invocation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -259,7 +269,8 @@ pub enum HookOutcome {
 /// - once per instance, after its server listens, until it succeeds: the prepared initialize
 ///   request, then [`classify_hook`](Contract::classify_hook);
 /// - per invocation: the prepared invoke request, then [`classify`](Contract::classify) and
-///   [`response_header_allowed`](Contract::response_header_allowed) for each header;
+///   [`response_header_allowed`](Contract::response_header_allowed) for each header; around
+///   the initialize hook and the invocation, [`log_marker`](Contract::log_marker);
 /// - before an idle instance is frozen, and before an instance is stopped: the prepared
 ///   pre-freeze and pre-stop requests (when configured), then
 ///   [`classify_hook`](Contract::classify_hook);
@@ -295,6 +306,11 @@ pub trait Contract: Send + Sync + 'static {
     /// The text of the error when nothing listened on `port` within `deadline`; `output` is the
     /// last thing the instance printed.
     fn not_started_message(&self, port: u16, deadline: Duration, output: &str) -> String;
+    /// The vendor's own log line at `point` of the call `request_id`, if it writes one there
+    /// (FC: `FC Invoke Start RequestId: …`).
+    fn log_marker(&self, _point: LogPoint, _request_id: &str) -> Option<String> {
+        None
+    }
 }
 
 #[cfg(test)]
