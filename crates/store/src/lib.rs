@@ -17,7 +17,7 @@ mod logs;
 
 pub use embedded::EmbeddedStore;
 pub use function::{FunctionRecord, Initializer, MountRecord, RegistryCredentials};
-pub use logs::{LogEntry, LogStore, LogStream, LogWriter, unix_ms};
+pub use logs::{LogEntry, LogFile, LogStore, LogStream, LogWriter, unix_ms};
 
 use std::path::PathBuf;
 

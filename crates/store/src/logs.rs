@@ -1,4 +1,5 @@
-//! Function logs: one append-only file of JSON lines per function under `<data-dir>/logs/`.
+//! Function logs: one append-only file of JSON lines per function under `<data-dir>/logs/`, and
+//! beside it one of the function's invocation records (`<name>.invocations`), kept the same way.
 //!
 //! Why it looks like this:
 //! - Lines arrive from every instance's output reader, on the async runtime. They are handed to
@@ -23,6 +24,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::StoreError;
@@ -74,9 +76,30 @@ impl LogEntry {
     }
 }
 
+/// The files a function has here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LogFile {
+    /// What its instances printed and Wharf's lines about them ([`LogEntry`]).
+    Log,
+    /// One record per invocation (any serialisable type; the pool's `InvocationRecord`).
+    Invocations,
+}
+
+impl LogFile {
+    const ALL: [LogFile; 2] = [LogFile::Log, LogFile::Invocations];
+
+    fn extension(self) -> &'static str {
+        match self {
+            LogFile::Log => "log",
+            LogFile::Invocations => "invocations",
+        }
+    }
+}
+
 enum Command {
     Append {
         function: Arc<str>,
+        file: LogFile,
         generation: u64,
         line: Vec<u8>,
     },
@@ -99,16 +122,17 @@ pub struct LogStore {
     dropped: Arc<AtomicU64>,
 }
 
-/// Appends to one function's log. Cheap to clone; never blocks.
+/// Appends to one function's log (or its invocation records). Cheap to clone; never blocks.
 #[derive(Clone)]
 pub struct LogWriter {
     function: Arc<str>,
+    file: LogFile,
     generation: u64,
     tx: SyncSender<Command>,
     dropped: Arc<AtomicU64>,
 }
 
-fn file_name(function: &str) -> String {
+fn file_name(function: &str, file: LogFile) -> String {
     // Function names are validated by the API (letters, digits, `_`, `-`); this is a second
     // line of defence so a bad name can never name a file outside the log directory.
     let safe: String = function
@@ -121,7 +145,7 @@ fn file_name(function: &str) -> String {
             }
         })
         .collect();
-    format!("{safe}.log")
+    format!("{safe}.{}", file.extension())
 }
 
 impl LogStore {
@@ -156,6 +180,11 @@ impl LogStore {
 
     /// A writer for the function's log as it is now; deleting the log ends what it writes.
     pub fn writer(&self, function: &str) -> LogWriter {
+        self.writer_of(function, LogFile::Log)
+    }
+
+    /// A writer for `file` of the function, as [`writer`](Self::writer).
+    pub fn writer_of(&self, function: &str, file: LogFile) -> LogWriter {
         let generation = *self
             .generations
             .lock()
@@ -164,6 +193,7 @@ impl LogStore {
             .or_default();
         LogWriter {
             function: function.into(),
+            file,
             generation,
             tx: self.tx.clone(),
             dropped: self.dropped.clone(),
@@ -186,39 +216,72 @@ impl LogStore {
     /// The last `n` entries of the function's log, oldest first. Lines that do not parse (a
     /// torn write after a crash) are skipped. Blocking.
     pub fn tail(&self, function: &str, n: usize) -> Result<Vec<LogEntry>, StoreError> {
+        self.tail_of(function, LogFile::Log, n)
+    }
+
+    /// The last `n` entries of `file` of the function, oldest first, as [`tail`](Self::tail).
+    pub fn tail_of<T: DeserializeOwned>(
+        &self,
+        function: &str,
+        file: LogFile,
+        n: usize,
+    ) -> Result<Vec<T>, StoreError> {
+        Ok(self
+            .read_from(function, file, None)?
+            .0
+            .into_iter()
+            .rev()
+            .take(n)
+            .rev()
+            .collect())
+    }
+
+    /// The entries of the function's `file` from byte `offset` on (`None`: the last few MB),
+    /// and the offset to read on from next time. An offset beyond the file's end (it was
+    /// rotated or removed since) reads it from the start. Blocking.
+    pub fn read_from<T: DeserializeOwned>(
+        &self,
+        function: &str,
+        file: LogFile,
+        offset: Option<u64>,
+    ) -> Result<(Vec<T>, u64), StoreError> {
         self.flush();
-        let path = self.dir.join(file_name(function));
-        let mut file = match File::open(&path) {
+        let path = self.dir.join(file_name(function, file));
+        let mut f = match File::open(&path) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
             Err(source) => return Err(StoreError::Log { path, source }),
         };
         let io = |source| StoreError::Log {
             path: path.clone(),
             source,
         };
-        let len = file.metadata().map_err(io)?.len();
-        let start = len.saturating_sub(MAX_TAIL_READ_BYTES);
-        file.seek(SeekFrom::Start(start)).map_err(io)?;
+        let len = f.metadata().map_err(io)?.len();
+        let start = match offset {
+            Some(at) if at <= len => at,
+            Some(_) => 0,
+            None => len.saturating_sub(MAX_TAIL_READ_BYTES),
+        };
+        f.seek(SeekFrom::Start(start)).map_err(io)?;
         let mut buf = Vec::with_capacity((len - start) as usize);
-        file.read_to_end(&mut buf).map_err(io)?;
+        f.take(len - start).read_to_end(&mut buf).map_err(io)?;
         let mut text = buf.as_slice();
-        if start > 0 {
+        if start > 0 && offset.is_none() {
             // Skip the partial first line.
             match text.iter().position(|&b| b == b'\n') {
                 Some(i) => text = &text[i + 1..],
-                None => return Ok(Vec::new()),
+                None => return Ok((Vec::new(), len)),
             }
         }
-        let mut entries: Vec<LogEntry> = text
+        // A line still being written (no newline yet) is read next time.
+        let complete = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let next = len - (text.len() - complete) as u64;
+        let entries = text[..complete]
             .split(|&b| b == b'\n')
             .filter(|l| !l.is_empty())
             .filter_map(|l| serde_json::from_slice(l).ok())
             .collect();
-        if entries.len() > n {
-            entries.drain(..entries.len() - n);
-        }
-        Ok(entries)
+        Ok((entries, next))
     }
 
     /// Deletes the function's logs (its rotated generation too); lines its writers send
@@ -248,10 +311,19 @@ impl LogStore {
 impl LogWriter {
     /// Queues one entry; drops it (and counts it) if the writer is too far behind.
     pub fn append(&self, entry: &LogEntry) {
-        let mut line = serde_json::to_vec(entry).expect("a log entry always serialises");
+        self.append_json(entry);
+    }
+
+    /// Queues one record as a JSON line, as [`append`](Self::append).
+    pub fn append_json<T: Serialize>(&self, record: &T) {
+        let Ok(mut line) = serde_json::to_vec(record) else {
+            tracing::warn!(function = %self.function, "a log record did not serialise");
+            return;
+        };
         line.push(b'\n');
         let command = Command::Append {
             function: self.function.clone(),
+            file: self.file,
             generation: self.generation,
             line,
         };
@@ -274,16 +346,16 @@ impl LogWriter {
     }
 }
 
-struct LogFile {
+struct OpenFile {
     file: File,
     len: u64,
 }
 
-/// The writer thread's state: the open files.
+/// The writer thread's state: the open files, by file name.
 struct Writer {
     dir: PathBuf,
     generations: Generations,
-    open: HashMap<String, LogFile>,
+    open: HashMap<String, OpenFile>,
 }
 
 impl Writer {
@@ -292,6 +364,7 @@ impl Writer {
             match command {
                 Command::Append {
                     function,
+                    file,
                     generation,
                     line,
                 } => {
@@ -305,7 +378,7 @@ impl Writer {
                     if generation != current {
                         continue;
                     }
-                    if let Err(e) = self.append(&function, &line) {
+                    if let Err(e) = self.append(&file_name(&function, file), &line) {
                         tracing::warn!(function = %function, error = %e, "cannot write the function's log");
                     }
                 }
@@ -319,21 +392,20 @@ impl Writer {
         }
     }
 
-    fn append(&mut self, function: &str, line: &[u8]) -> Result<(), StoreError> {
-        let path = self.dir.join(file_name(function));
+    fn append(&mut self, name: &str, line: &[u8]) -> Result<(), StoreError> {
+        let path = self.dir.join(name);
         let io = |source| StoreError::Log {
             path: path.clone(),
             source,
         };
-        if !self.open.contains_key(function) {
+        if !self.open.contains_key(name) {
             let file = open_append(&path)?;
             let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-            self.open
-                .insert(function.to_string(), LogFile { file, len });
+            self.open.insert(name.to_string(), OpenFile { file, len });
         }
-        let f = self.open.get_mut(function).expect("just opened");
+        let f = self.open.get_mut(name).expect("just opened");
         if f.len + line.len() as u64 > MAX_LOG_FILE_BYTES {
-            std::fs::rename(&path, path.with_extension("log.1")).map_err(io)?;
+            std::fs::rename(&path, rotated(&path)).map_err(io)?;
             f.file = open_append(&path)?;
             f.len = 0;
         }
@@ -343,17 +415,27 @@ impl Writer {
     }
 
     fn remove(&mut self, function: &str) -> Result<(), StoreError> {
-        self.open.remove(function);
-        let path = self.dir.join(file_name(function));
-        for p in [path.with_extension("log.1"), path] {
-            match std::fs::remove_file(&p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => return Err(StoreError::Log { path: p, source }),
+        for file in LogFile::ALL {
+            let name = file_name(function, file);
+            self.open.remove(&name);
+            let path = self.dir.join(name);
+            for p in [rotated(&path), path] {
+                match std::fs::remove_file(&p) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(source) => return Err(StoreError::Log { path: p, source }),
+                }
             }
         }
         Ok(())
     }
+}
+
+/// The one older generation a rotated file keeps: `<name>.log.1`.
+fn rotated(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".1");
+    PathBuf::from(name)
 }
 
 fn open_append(path: &Path) -> Result<File, StoreError> {
@@ -452,5 +534,66 @@ mod tests {
         logs.writer("../escape").append(&e);
         logs.flush();
         assert!(dir.path().join("___escape.log").exists());
+    }
+
+    #[test]
+    fn reading_on_from_an_offset_sees_only_new_complete_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = LogStore::open(dir.path()).unwrap();
+        let w = logs.writer("f");
+        w.append(&LogEntry::now("i", LogStream::Stdout, "one"));
+        let (first, at): (Vec<LogEntry>, u64) = logs.read_from("f", LogFile::Log, None).unwrap();
+        assert_eq!(first.len(), 1);
+        let (none, same): (Vec<LogEntry>, u64) =
+            logs.read_from("f", LogFile::Log, Some(at)).unwrap();
+        assert!(none.is_empty());
+        assert_eq!(same, at);
+        // A torn line is not read until it is complete.
+        logs.flush();
+        let path = dir.path().join("f.log");
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(b"{\"time\":\"t\",").unwrap();
+        let (none, same): (Vec<LogEntry>, u64) =
+            logs.read_from("f", LogFile::Log, Some(at)).unwrap();
+        assert!(none.is_empty());
+        assert_eq!(same, at);
+        f.write_all(b"\"instance\":\"i\",\"stream\":\"stdout\",\"message\":\"two\"}\n")
+            .unwrap();
+        let (next, _): (Vec<LogEntry>, u64) = logs.read_from("f", LogFile::Log, Some(at)).unwrap();
+        assert_eq!(
+            next.iter().map(|e| e.message.as_str()).collect::<Vec<_>>(),
+            ["two"]
+        );
+        // After a rotation (the offset is past the end), from the start.
+        let (again, _): (Vec<LogEntry>, u64) =
+            logs.read_from("f", LogFile::Log, Some(1 << 40)).unwrap();
+        assert_eq!(again.len(), 2);
+    }
+
+    #[test]
+    fn invocation_records_live_beside_the_log_and_go_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = LogStore::open(dir.path()).unwrap();
+        let records = logs.writer_of("f", LogFile::Invocations);
+        for i in 0..3 {
+            records.append_json(&serde_json::json!({"request_id": i}));
+        }
+        logs.writer("f")
+            .append(&LogEntry::now("i", LogStream::System, "a log line"));
+        let got: Vec<serde_json::Value> = logs.tail_of("f", LogFile::Invocations, 2).unwrap();
+        assert_eq!(
+            got,
+            [
+                serde_json::json!({"request_id": 1}),
+                serde_json::json!({"request_id": 2})
+            ]
+        );
+        assert_eq!(logs.tail("f", 10).unwrap().len(), 1);
+        logs.remove("f").unwrap();
+        assert!(!dir.path().join("f.invocations").exists());
+        assert!(!dir.path().join("f.log").exists());
     }
 }
