@@ -15,6 +15,8 @@ use crate::{DeployError, PoolConfig};
 pub trait FunctionLog: OutputSink {
     /// A line Wharf writes about an instance: started, exited, stopped.
     fn system(&self, instance_id: &str, message: &str);
+    /// The record of one invocation, when it has ended (also when it failed).
+    fn invocation(&self, record: &crate::InvocationRecord);
 }
 
 /// Everything the pool needs to run a function. Built by the API from the stored function.

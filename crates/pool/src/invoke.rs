@@ -2,15 +2,16 @@
 //! send the event, read the answer, give the instance back.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
-use wharf_contract::{HookOutcome, Outcome};
+use wharf_contract::{HookOutcome, LogPoint, Outcome};
 
 use crate::connection::ExchangeError;
-use crate::function::{Acquired, FunctionPool, Refused};
+use crate::function::{Acquired, FunctionPool, Refused, Revision};
 use crate::instance::PoolInstance;
+use crate::report::{self, InvocationRecord, InvocationStatus};
 use crate::{InvokeError, Pool, PoolInner};
 
 /// Largest response body read from a function (FC's synchronous payload limit).
@@ -18,6 +19,9 @@ pub const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
 /// How long to wait for the exit status of an instance whose connection broke, to tell a crash
 /// from a network problem.
 const CRASH_CHECK_WAIT: Duration = Duration::from_millis(200);
+/// How long an ended invocation waits, at most, for what the function printed to reach its log
+/// before the END line (immediate when it printed nothing).
+const OUTPUT_SETTLE_WAIT: Duration = Duration::from_millis(50);
 
 /// The answer of a function to one invocation.
 #[derive(Debug)]
@@ -78,10 +82,27 @@ async fn invoke(
     request_id: String,
     event: Bytes,
 ) -> Result<Invocation, InvokeError> {
+    let started_at = SystemTime::now();
+    let t0 = Instant::now();
     let mut dead = Vec::new();
     let acquired = fp.acquire(pool.config.max_instances, &mut dead);
     pool.stop_in_background(dead);
     let mut thaw_duration = None;
+    // Failures before an instance serves are recorded here; the rest by `finish`.
+    let unserved = |revision: &Revision, cold: bool, e: InvokeError| {
+        let init = cold.then(|| t0.elapsed());
+        let record = record(
+            revision,
+            &request_id,
+            started_at,
+            None,
+            init,
+            None,
+            &Err(&e),
+        );
+        revision.spec.log.invocation(&record);
+        Err(e)
+    };
     let (instance, init_duration) = match acquired {
         Ok(Acquired::Warm(i)) => match i.ready_for_use().await {
             Ok(thawed) => {
@@ -93,30 +114,33 @@ async fn invoke(
                     name: i.revision.spec.name.clone(),
                     reason: format!("instance {} could not be thawed: {e}", i.id()),
                 };
+                let revision = i.revision.clone();
                 if let Some(gone) = fp.release(i, false) {
                     pool.stop_in_background(vec![gone]);
                 }
-                return Err(error);
+                return unserved(&revision, false, error);
             }
         },
         // Boxed: the start is a large future, and a warm call should not carry (and move) it.
         Ok(Acquired::Start(revision)) => {
-            match Box::pin(PoolInstance::start(pool, revision)).await {
+            match Box::pin(PoolInstance::start(pool, revision.clone())).await {
                 Ok((i, took)) => {
                     fp.register(&i);
                     (i, Some(took))
                 }
                 Err(e) => {
                     fp.cancel_start();
-                    return Err(e);
+                    return unserved(&revision, true, e);
                 }
             }
         }
         Err(Refused::Full { max }) => {
-            return Err(InvokeError::TooManyInstances {
-                name: fp.revision().spec.name.clone(),
+            let revision = fp.revision();
+            let e = InvokeError::TooManyInstances {
+                name: revision.spec.name.clone(),
                 max,
-            });
+            };
+            return unserved(&revision, false, e);
         }
         // Removed between the lookup and now.
         Err(Refused::Retired) => {
@@ -125,7 +149,18 @@ async fn invoke(
             });
         }
     };
-    let result = serve(&instance, &request_id, event).await;
+    let mut sent = None;
+    let result = serve(&instance, &request_id, event, &mut sent).await;
+    // Before the release: a failed instance is stopped after it, and its memory peak with it.
+    finish(
+        &instance,
+        &request_id,
+        started_at,
+        init_duration,
+        sent,
+        &result,
+    )
+    .await;
     let keep = match &result {
         Ok(_) => !pool.config.idle_timeout.is_zero(),
         Err(e) => !e.kills_instance(),
@@ -142,20 +177,142 @@ async fn invoke(
     })
 }
 
+/// The end of an invocation an instance served: once what the function printed is in its log,
+/// the vendor's end marker, `END` and `REPORT` (when the event was sent), and the record.
+async fn finish(
+    instance: &PoolInstance,
+    request_id: &str,
+    started_at: SystemTime,
+    init_duration: Option<Duration>,
+    sent: Option<Instant>,
+    result: &Result<Invocation, InvokeError>,
+) {
+    let revision = &instance.revision;
+    let log = &revision.spec.log;
+    let duration = match result {
+        Ok(inv) => Some(inv.duration),
+        Err(_) => sent.map(|t| t.elapsed()),
+    };
+    let record = record(
+        revision,
+        request_id,
+        started_at,
+        Some(instance),
+        init_duration,
+        duration,
+        &result.as_ref(),
+    );
+    if sent.is_some() {
+        instance.sandbox().output_settled(OUTPUT_SETTLE_WAIT).await;
+        if let Some(line) = revision
+            .contract
+            .log_marker(LogPoint::InvokeEnd, request_id)
+        {
+            log.system(instance.id(), &line);
+        }
+        log.system(instance.id(), &report::end_line(request_id));
+        log.system(instance.id(), &report::report_line(&record));
+    }
+    log.invocation(&record);
+}
+
+/// The record of an invocation of `revision`: served by `instance` (if one was reached), its
+/// function time `duration` (if the event was sent), how it ended.
+fn record(
+    revision: &Revision,
+    request_id: &str,
+    started_at: SystemTime,
+    instance: Option<&PoolInstance>,
+    init_duration: Option<Duration>,
+    duration: Option<Duration>,
+    result: &Result<&Invocation, &InvokeError>,
+) -> InvocationRecord {
+    let duration = duration.unwrap_or_default();
+    let (status, http_status, error_code, error) = match result {
+        Ok(inv) => match &inv.outcome {
+            Outcome::Success => (InvocationStatus::Success, Some(inv.status), None, None),
+            Outcome::FunctionError { reason } => (
+                InvocationStatus::FunctionError,
+                Some(inv.status),
+                None,
+                Some(reason.clone()),
+            ),
+        },
+        Err(e) => (
+            InvocationStatus::Error,
+            None,
+            Some(e.code().to_string()),
+            Some(e.to_string()),
+        ),
+    };
+    let memory_peak = match result {
+        Ok(inv) => inv.memory_peak_bytes,
+        Err(_) => instance.and_then(|i| i.sandbox().memory_peak_now()),
+    };
+    InvocationRecord {
+        request_id: request_id.to_string(),
+        function: revision.spec.name.clone(),
+        version: revision.context.version.clone(),
+        revision: revision.spec.revision,
+        instance: instance.map(|i| i.id().to_string()).or_else(|| {
+            result
+                .as_ref()
+                .err()
+                .and_then(|e| e.instance())
+                .map(str::to_string)
+        }),
+        cold_start: init_duration.is_some(),
+        started_at_ms: report::unix_ms(started_at),
+        init_duration_ms: init_duration.map(|d| d.as_secs_f64() * 1e3),
+        duration_ms: duration.as_secs_f64() * 1e3,
+        billed_duration_ms: report::billed_ms(duration),
+        memory_limit_mb: revision.spec.memory_mb,
+        max_memory_used_mb: memory_peak.map(report::mb_ceil),
+        status,
+        http_status: http_status.map(|s| s.as_u16()),
+        error_code,
+        error,
+    }
+}
+
+/// Sends the event to `instance` (after its initialize hook, if that has not succeeded yet) and
+/// reads the answer. `sent` is set when the event is sent, just after the `START` line.
 async fn serve(
     instance: &Arc<PoolInstance>,
     request_id: &str,
     event: Bytes,
+    sent: &mut Option<Instant>,
 ) -> Result<Invocation, InvokeError> {
     let revision = &instance.revision;
     let name = &revision.spec.name;
+    let log = &revision.spec.log;
     if let Some(init_timeout) = revision.context.initializer_timeout
         && !instance.initialized()
     {
-        initialize(instance, request_id, init_timeout).await?;
+        let marker = |point| revision.contract.log_marker(point, request_id);
+        if let Some(line) = marker(LogPoint::InitializeStart) {
+            log.system(instance.id(), &line);
+        }
+        let initialized = initialize(instance, request_id, init_timeout).await;
+        if let Some(line) = marker(LogPoint::InitializeEnd) {
+            instance.sandbox().output_settled(OUTPUT_SETTLE_WAIT).await;
+            log.system(instance.id(), &line);
+        }
+        initialized?;
     }
     let req = revision.prepared.invoke.request(request_id, event);
+    log.system(
+        instance.id(),
+        &report::start_line(request_id, &revision.context.version),
+    );
+    if let Some(line) = revision
+        .contract
+        .log_marker(LogPoint::InvokeStart, request_id)
+    {
+        log.system(instance.id(), &line);
+    }
     let t0 = Instant::now();
+    *sent = Some(t0);
     // Inside the timeout: the whole answer, body included.
     let exchange = instance.exchange(req, MAX_RESPONSE_BYTES);
     let (parts, body) = match tokio::time::timeout(revision.spec.timeout, exchange).await {

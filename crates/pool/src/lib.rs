@@ -23,10 +23,12 @@ mod instance;
 pub mod instance_spec;
 mod invoke;
 mod reap;
+mod report;
 
 pub use error::{DeployError, InvokeError};
 pub use function::{FunctionLog, FunctionSpec};
 pub use invoke::Invocation;
+pub use report::{InvocationRecord, InvocationStatus, billed_ms, mb_ceil, report_line};
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
