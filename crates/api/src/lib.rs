@@ -118,6 +118,7 @@ impl App {
                 post(invoke::invoke).layer(DefaultBodyLimit::max(invoke::MAX_EVENT_BYTES)),
             )
             .route("/v1/functions/{name}/logs", get(logs::get))
+            .route("/v1/functions/{name}/invocations", get(logs::invocations))
             .route("/v1/images", get(images::list))
             .route("/v1/images/prune", post(images::prune))
             .route_layer(from_fn_with_state(self.clone(), auth::require_token))

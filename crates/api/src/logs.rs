@@ -1,30 +1,40 @@
-//! Function logs: the sink instances print into, and `GET /v1/functions/{name}/logs`.
+//! Function logs: the sink instances print into (and the pool writes invocation records into),
+//! `GET /v1/functions/{name}/logs` (also followed, as a stream) and
+//! `GET /v1/functions/{name}/invocations`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
+use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use wharf_pool::FunctionLog;
+use wharf_pool::{FunctionLog, InvocationRecord};
 use wharf_sandbox::{OutputSink, Stream};
-use wharf_store::{LogEntry, LogStore, LogStream, LogWriter};
+use wharf_store::{LogEntry, LogFile, LogStore, LogStream, LogWriter};
 
 use crate::{ApiError, App};
 
 /// `tail` when the request does not say.
 pub const DEFAULT_TAIL: usize = 200;
 pub const MAX_TAIL: usize = 10_000;
+/// How often a followed log looks for new lines.
+const FOLLOW_POLL: Duration = Duration::from_millis(250);
 
-/// Writes a function's instance output and Wharf's notes into the function's log file.
+/// Writes a function's instance output and Wharf's notes into the function's log file, and its
+/// invocation records beside it.
 pub struct StoreLog {
     writer: LogWriter,
+    records: LogWriter,
 }
 
 impl StoreLog {
     pub fn new(logs: &LogStore, function: &str) -> Self {
         StoreLog {
             writer: logs.writer(function),
+            records: logs.writer_of(function, LogFile::Invocations),
         }
     }
 
@@ -48,11 +58,18 @@ impl FunctionLog for StoreLog {
     fn system(&self, instance_id: &str, message: &str) {
         self.append(instance_id, LogStream::System, message);
     }
+
+    fn invocation(&self, record: &InvocationRecord) {
+        self.records.append_json(record);
+    }
 }
 
 #[derive(Debug, Deserialize)]
 pub struct LogQuery {
     pub tail: Option<usize>,
+    /// Keep the response open and send new lines as they are written (JSON lines).
+    #[serde(default)]
+    pub follow: bool,
 }
 
 #[derive(Serialize)]
@@ -60,26 +77,149 @@ pub struct Logs {
     pub entries: Vec<LogEntry>,
 }
 
-/// `GET /v1/functions/{name}/logs?tail=N`: the last N lines, newest last.
+/// A `1..=MAX_TAIL` count from a query, `default` when absent.
+fn count(field: &str, value: Option<usize>, default: usize) -> Result<usize, ApiError> {
+    let n = value.unwrap_or(default);
+    if n == 0 || n > MAX_TAIL {
+        return Err(ApiError::invalid(
+            field,
+            format!("{n} is out of range: must be between 1 and {MAX_TAIL}"),
+        ));
+    }
+    Ok(n)
+}
+
+async fn require_function(app: &Arc<App>, name: &str) -> Result<(), ApiError> {
+    let exists = crate::blocking({
+        let (store, name) = (app.store.clone(), name.to_string());
+        move || store.get_function(&name).map(|f| f.is_some())
+    })
+    .await?;
+    if exists {
+        Ok(())
+    } else {
+        Err(ApiError::function_not_found(name))
+    }
+}
+
+/// `GET /v1/functions/{name}/logs?tail=N`: the last N lines, newest last, as
+/// `{"entries": [...]}`. With `follow=true`: those lines and then every new one, as JSON lines
+/// (`application/x-ndjson`), until the client goes away or the function is deleted.
 pub async fn get(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
     query: Result<Query<LogQuery>, QueryRejection>,
-) -> Result<Json<Logs>, ApiError> {
+) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::invalid("query", e.body_text()))?;
-    if app.store.get_function(&name)?.is_none() {
-        return Err(ApiError::function_not_found(&name));
-    }
-    let tail = q.tail.unwrap_or(DEFAULT_TAIL);
-    if tail == 0 || tail > MAX_TAIL {
-        return Err(ApiError::invalid(
-            "tail",
-            format!("{tail} is out of range: must be between 1 and {MAX_TAIL}"),
-        ));
-    }
+    require_function(&app, &name).await?;
+    let tail = count("tail", q.tail, DEFAULT_TAIL)?;
     let logs = app.logs.clone();
-    let entries = tokio::task::spawn_blocking(move || logs.tail(&name, tail))
-        .await
-        .map_err(ApiError::internal)??;
-    Ok(Json(Logs { entries }))
+    let (mut entries, offset) = crate::blocking({
+        let name = name.clone();
+        move || logs.read_from::<LogEntry>(&name, LogFile::Log, None)
+    })
+    .await?;
+    entries.drain(..entries.len().saturating_sub(tail));
+    if !q.follow {
+        return Ok(Json(Logs { entries }).into_response());
+    }
+    let stream = futures::stream::unfold(
+        (app, name, Some(entries), offset),
+        |(app, name, first, offset)| async move {
+            let batch = match first {
+                Some(entries) => Some((entries, offset)),
+                None => follow_step(&app, &name, offset).await,
+            };
+            let (entries, offset) = batch?;
+            let mut text = Vec::new();
+            for e in &entries {
+                if serde_json::to_writer(&mut text, e).is_ok() {
+                    text.push(b'\n');
+                }
+            }
+            Some((
+                Ok::<_, std::convert::Infallible>(bytes::Bytes::from(text)),
+                (app, name, None, offset),
+            ))
+        },
+    );
+    Ok((
+        [(http::header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// The next lines of a followed log, waiting until there are some; `None` once the function is
+/// gone (or its log cannot be read).
+async fn follow_step(app: &Arc<App>, name: &str, offset: u64) -> Option<(Vec<LogEntry>, u64)> {
+    loop {
+        tokio::time::sleep(FOLLOW_POLL).await;
+        require_function(app, name).await.ok()?;
+        let logs = app.logs.clone();
+        let name = name.to_string();
+        let (entries, next) =
+            crate::blocking(move || logs.read_from::<LogEntry>(&name, LogFile::Log, Some(offset)))
+                .await
+                .ok()?;
+        if !entries.is_empty() {
+            return Some((entries, next));
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct InvocationsQuery {
+    pub limit: Option<usize>,
+    /// Only the invocation with this request id.
+    pub request: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct Invocations {
+    pub invocations: Vec<InvocationRecord>,
+}
+
+/// Records looked through for `?request=`: the newest this many.
+const REQUEST_SEARCH_RECORDS: usize = 100_000;
+
+/// `GET /v1/functions/{name}/invocations?limit=N`: the last N invocation records, newest
+/// first; `?request=ID`: that invocation's record.
+pub async fn invocations(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    query: Result<Query<InvocationsQuery>, QueryRejection>,
+) -> Result<Json<Invocations>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::invalid("query", e.body_text()))?;
+    require_function(&app, &name).await?;
+    let limit = count("limit", q.limit, DEFAULT_TAIL)?;
+    let logs = app.logs.clone();
+    let wanted = if q.request.is_some() {
+        REQUEST_SEARCH_RECORDS
+    } else {
+        limit
+    };
+    let mut records: Vec<InvocationRecord> = crate::blocking({
+        let name = name.clone();
+        move || logs.tail_of(&name, LogFile::Invocations, wanted)
+    })
+    .await?;
+    records.reverse();
+    if let Some(id) = &q.request {
+        records.retain(|r| &r.request_id == id);
+        if records.is_empty() {
+            return Err(ApiError::new(
+                http::StatusCode::NOT_FOUND,
+                "InvocationNotFound",
+                format!(
+                    "function {name} has no record of request {id} (records are kept for the \
+                     most recent invocations only)"
+                ),
+            ));
+        }
+    }
+    records.truncate(limit);
+    Ok(Json(Invocations {
+        invocations: records,
+    }))
 }

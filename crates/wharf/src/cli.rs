@@ -75,6 +75,20 @@ pub enum Command {
         /// How many lines
         #[arg(long, default_value_t = 200)]
         tail: usize,
+        /// Keep printing new lines as they are written (Ctrl-C to stop)
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+    /// List a function's recent invocations, newest first: request id, cold or warm, duration,
+    /// memory, status
+    Invocations {
+        name: String,
+        /// How many
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print the API's JSON
+        #[arg(long)]
+        json: bool,
     },
     /// List the images in the store, or remove those no function uses
     #[command(subcommand)]

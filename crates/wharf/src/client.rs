@@ -107,7 +107,10 @@ pub async fn run(global: Global, command: Command) -> anyhow::Result<ExitCode> {
         Command::Ls => ls(&client).await,
         Command::Get { name } => get(&client, &name).await,
         Command::Rm { name } => rm(&client, &name).await,
-        Command::Logs { name, tail } => logs(&client, &name, tail).await,
+        Command::Logs { name, tail, follow } => logs(&client, &name, tail, follow).await,
+        Command::Invocations { name, limit, json } => {
+            invocations(&client, &name, limit, json).await
+        }
         Command::Image(ImageCommand::Ls { json }) => crate::images::ls(&client, json).await,
         Command::Image(ImageCommand::Prune { json }) => crate::images::prune(&client, json).await,
     }
@@ -546,24 +549,107 @@ async fn rm(client: &Client, name: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn logs(client: &Client, name: &str, tail: usize) -> anyhow::Result<ExitCode> {
+async fn logs(client: &Client, name: &str, tail: usize, follow: bool) -> anyhow::Result<ExitCode> {
+    let path = format!("/v1/functions/{name}/logs?tail={tail}");
+    if !follow {
+        let resp = client.call_ok(Method::GET, &path, None).await?;
+        let v: Value = resp.json().await?;
+        let mut out = std::io::stdout().lock();
+        for e in v["entries"].as_array().into_iter().flatten() {
+            print_log_entry(&mut out, e)?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    // JSON lines, as they are written, until the function is deleted (or Ctrl-C).
+    let mut resp = client
+        .call_ok(Method::GET, &format!("{path}&follow=true"), None)
+        .await?;
+    let mut pending = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        pending.extend_from_slice(&chunk);
+        let mut out = std::io::stdout().lock();
+        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            if let Ok(e) = serde_json::from_slice::<Value>(&line) {
+                print_log_entry(&mut out, &e)?;
+            }
+        }
+        out.flush()?;
+    }
+    eprintln!("function {name} was deleted");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_log_entry(out: &mut impl Write, e: &Value) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{} {} {:<6} {}",
+        e["time"].as_str().unwrap_or_default(),
+        e["instance"].as_str().unwrap_or_default(),
+        e["stream"].as_str().unwrap_or_default(),
+        e["message"].as_str().unwrap_or_default(),
+    )
+}
+
+async fn invocations(
+    client: &Client,
+    name: &str,
+    limit: usize,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let resp = client
         .call_ok(
             Method::GET,
-            &format!("/v1/functions/{name}/logs?tail={tail}"),
+            &format!("/v1/functions/{name}/invocations?limit={limit}"),
             None,
         )
         .await?;
     let v: Value = resp.json().await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut out = std::io::stdout().lock();
-    for e in v["entries"].as_array().into_iter().flatten() {
+    writeln!(
+        out,
+        "{:<36}  {:<4}  {:>10}  {:>10}  {:>7}  STATUS",
+        "REQUEST ID", "START", "DURATION", "INIT", "MEMORY"
+    )?;
+    for r in v["invocations"].as_array().into_iter().flatten() {
+        let ms = |field: &str| {
+            r[field]
+                .as_f64()
+                .map(|m| format!("{m:.2} ms"))
+                .unwrap_or_else(|| "-".into())
+        };
+        let memory = match (
+            r["max_memory_used_mb"].as_u64(),
+            r["memory_limit_mb"].as_u64(),
+        ) {
+            (Some(used), Some(limit)) => format!("{used}/{limit}"),
+            _ => "-".into(),
+        };
+        let status = match r["status"].as_str().unwrap_or_default() {
+            "success" => "ok".to_string(),
+            "function_error" => format!("function error: {}", r["error"].as_str().unwrap_or("")),
+            _ => format!(
+                "{}: {}",
+                r["error_code"].as_str().unwrap_or("error"),
+                r["error"].as_str().unwrap_or("")
+            ),
+        };
         writeln!(
             out,
-            "{} {} {:<6} {}",
-            e["time"].as_str().unwrap_or_default(),
-            e["instance"].as_str().unwrap_or_default(),
-            e["stream"].as_str().unwrap_or_default(),
-            e["message"].as_str().unwrap_or_default(),
+            "{:<36}  {:<4}  {:>10}  {:>10}  {:>7}  {status}",
+            r["request_id"].as_str().unwrap_or_default(),
+            if r["cold_start"].as_bool() == Some(true) {
+                "cold"
+            } else {
+                "warm"
+            },
+            ms("duration_ms"),
+            ms("init_duration_ms"),
+            memory,
         )?;
     }
     Ok(ExitCode::SUCCESS)
