@@ -70,6 +70,8 @@ pub struct LogQuery {
     /// Keep the response open and send new lines as they are written (JSON lines).
     #[serde(default)]
     pub follow: bool,
+    /// Only the lines of the invocation with this request id.
+    pub request: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -113,6 +115,17 @@ pub async fn get(
     let Query(q) = query.map_err(|e| ApiError::invalid("query", e.body_text()))?;
     require_function(&app, &name).await?;
     let tail = count("tail", q.tail, DEFAULT_TAIL)?;
+    if let Some(id) = q.request {
+        if q.follow {
+            return Err(ApiError::invalid(
+                "follow",
+                "follow and request cannot be combined: an invocation's lines are complete \
+                 once its REPORT line is written",
+            ));
+        }
+        let entries = request_lines(&app, &name, &id).await?;
+        return Ok(Json(Logs { entries }).into_response());
+    }
     let logs = app.logs.clone();
     let (mut entries, offset) = crate::blocking({
         let name = name.clone();
@@ -148,6 +161,60 @@ pub async fn get(
         Body::from_stream(stream),
     )
         .into_response())
+}
+
+/// The lines of one invocation, found in the function's whole log.
+async fn request_lines(app: &Arc<App>, name: &str, id: &str) -> Result<Vec<LogEntry>, ApiError> {
+    let logs = app.logs.clone();
+    let (entries, _) = crate::blocking({
+        let name = name.to_string();
+        move || logs.read_from::<LogEntry>(&name, LogFile::Log, None)
+    })
+    .await?;
+    let lines = lines_of_request(entries, id);
+    if lines.is_empty() {
+        return Err(ApiError::new(
+            http::StatusCode::NOT_FOUND,
+            "InvocationNotFound",
+            format!(
+                "function {name}'s log has no lines of request {id} (the request failed before \
+                 an instance took it, or its lines were rotated out; see \
+                 GET /v1/functions/{name}/invocations?request={id})"
+            ),
+        ));
+    }
+    Ok(lines)
+}
+
+/// An invocation's lines: from the first system line that names the request (the vendor's
+/// initialize marker or `START`) through its `REPORT`, on the instance that served it — lines of
+/// other instances printed meanwhile are not its.
+fn lines_of_request(entries: Vec<LogEntry>, id: &str) -> Vec<LogEntry> {
+    let named = format!("RequestId: {id}");
+    let names_it = |e: &LogEntry| {
+        e.stream == LogStream::System
+            && e.message.find(&named).is_some_and(|at| {
+                !e.message[at + named.len()..]
+                    .starts_with(|c: char| c.is_ascii_alphanumeric() || c == '-')
+            })
+    };
+    let Some(first) = entries.iter().position(names_it) else {
+        return Vec::new();
+    };
+    let instance = entries[first].instance.clone();
+    let report = format!("REPORT {named}");
+    let mut lines = Vec::new();
+    for e in entries.into_iter().skip(first) {
+        if e.instance != instance {
+            continue;
+        }
+        let done = e.stream == LogStream::System && names_it(&e) && e.message.starts_with(&report);
+        lines.push(e);
+        if done {
+            break;
+        }
+    }
+    lines
 }
 
 /// The next lines of a followed log, waiting until there are some; `None` once the function is
@@ -222,4 +289,45 @@ pub async fn invocations(
     Ok(Json(Invocations {
         invocations: records,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(instance: &str, stream: LogStream, message: &str) -> LogEntry {
+        LogEntry::now(instance, stream, message)
+    }
+
+    #[test]
+    fn a_request_s_lines_run_from_its_first_marker_to_its_report_on_its_instance() {
+        use LogStream::{Stdout, System};
+        let entries = vec![
+            entry("i1", System, "START RequestId: aa-1 Version: $LATEST"),
+            entry("i1", System, "REPORT RequestId: aa-1\tDuration: 1.00 ms"),
+            entry("i1", System, "FC Invoke Start RequestId: aa"),
+            entry("i1", System, "START RequestId: aa Version: $LATEST"),
+            entry("i2", Stdout, "another instance"),
+            entry("i1", Stdout, "hello"),
+            entry("i1", System, "END RequestId: aa"),
+            entry("i1", System, "REPORT RequestId: aa\tDuration: 2.00 ms"),
+            entry("i1", Stdout, "after"),
+        ];
+        let got: Vec<_> = lines_of_request(entries.clone(), "aa")
+            .into_iter()
+            .map(|e| e.message)
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "FC Invoke Start RequestId: aa",
+                "START RequestId: aa Version: $LATEST",
+                "hello",
+                "END RequestId: aa",
+                "REPORT RequestId: aa\tDuration: 2.00 ms",
+            ]
+        );
+        assert_eq!(lines_of_request(entries.clone(), "aa-1").len(), 2);
+        assert!(lines_of_request(entries, "a").is_empty());
+    }
 }

@@ -76,8 +76,11 @@ pub enum Command {
         #[arg(long, default_value_t = 200)]
         tail: usize,
         /// Keep printing new lines as they are written (Ctrl-C to stop)
-        #[arg(long, short = 'f')]
+        #[arg(long, short = 'f', conflicts_with = "request")]
         follow: bool,
+        /// Only the lines of one invocation (its request id), from START to REPORT
+        #[arg(long)]
+        request: Option<String>,
     },
     /// List a function's recent invocations, newest first: request id, cold or warm, duration,
     /// memory, status

@@ -107,7 +107,12 @@ pub async fn run(global: Global, command: Command) -> anyhow::Result<ExitCode> {
         Command::Ls => ls(&client).await,
         Command::Get { name } => get(&client, &name).await,
         Command::Rm { name } => rm(&client, &name).await,
-        Command::Logs { name, tail, follow } => logs(&client, &name, tail, follow).await,
+        Command::Logs {
+            name,
+            tail,
+            follow,
+            request,
+        } => logs(&client, &name, tail, follow, request.as_deref()).await,
         Command::Invocations { name, limit, json } => {
             invocations(&client, &name, limit, json).await
         }
@@ -549,8 +554,27 @@ async fn rm(client: &Client, name: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn logs(client: &Client, name: &str, tail: usize, follow: bool) -> anyhow::Result<ExitCode> {
-    let path = format!("/v1/functions/{name}/logs?tail={tail}");
+async fn logs(
+    client: &Client,
+    name: &str,
+    tail: usize,
+    follow: bool,
+    request: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let mut path = format!("/v1/functions/{name}/logs?tail={tail}");
+    if let Some(id) = request {
+        if id.is_empty()
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            anyhow::bail!(
+                "--request {id:?} is not a request id: use the id an invocation returned (its \
+                 x-wharf-request-id header, or `wharf invocations {name}`)"
+            );
+        }
+        path = format!("{path}&request={id}");
+    }
     if !follow {
         let resp = client.call_ok(Method::GET, &path, None).await?;
         let v: Value = resp.json().await?;

@@ -1,7 +1,7 @@
 //! What Wharf writes about every invocation, through the real daemon: the `START`/`END`/`REPORT`
 //! lines (and FC's own markers) in the function's log in the right order around what the
 //! function printed, the invocation records of `GET /v1/functions/{name}/invocations` for
-//! successes, function errors and timeouts, and `wharf logs --follow`.
+//! successes, function errors and timeouts, and `wharf logs --follow` and `--request`.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -195,6 +195,36 @@ async fn every_invocation_is_logged_and_recorded_like_lambda_and_fc_do() {
     assert!(
         table.contains(&cold_id) && table.contains("cold"),
         "{table}"
+    );
+
+    // `wharf logs --request`: that invocation's lines only, from its first marker to REPORT.
+    let out = env.wharf.cli(&["logs", "rec", "--request", &cold_id]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let messages: Vec<&str> = text.lines().collect();
+    assert!(
+        messages[0].ends_with(&format!("FC Initialize Start RequestId: {cold_id}")),
+        "{text}"
+    );
+    assert!(
+        messages
+            .last()
+            .unwrap()
+            .contains(&format!("REPORT RequestId: {cold_id}\t")),
+        "{text}"
+    );
+    assert!(text.contains("hello from the function"), "{text}");
+    assert!(!text.contains(&warm_id), "{text}");
+    let missing = env.wharf.cli(&["logs", "rec", "--request", "nope"]);
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("no lines of request nope"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
     );
     env.finish();
 }
