@@ -26,6 +26,10 @@ pub struct Fc;
 
 const X_FC_STATUS: &str = "x-fc-status";
 
+/// FC's limits on a caller's request to an HTTP function (CONTRACTS.md §1).
+pub const MAX_REQUEST_HEADER_BYTES: usize = 8 * 1024;
+pub const MAX_PATH_AND_QUERY_BYTES: usize = 4 * 1024;
+
 /// Response headers FC does not let a function set (CONTRACTS.md §1), besides `x-fc-*`.
 const RESERVED_RESPONSE_HEADERS: &[&str] = &[
     "connection",
@@ -127,8 +131,14 @@ impl Contract for Fc {
     }
 
     fn prepare(&self, f: &FunctionContext) -> Prepared {
+        let (invoke, http) = crate::for_mode(
+            f.mode,
+            || self.template(f, Method::POST, "/invoke"),
+            || self.template(f, Method::POST, "/http-invoke"),
+        );
         Prepared {
-            invoke: self.template(f, Method::POST, "/invoke"),
+            invoke,
+            http,
             initialize: f
                 .initializer_timeout
                 .map(|_| self.template(f, Method::POST, "/initialize")),
@@ -192,12 +202,87 @@ impl Contract for Fc {
         };
         Some(format!("FC {what} RequestId: {request_id}"))
     }
+
+    /// FC's rules for what a caller sends an HTTP function: `x-fc-*` headers are FC's own, the
+    /// headers are at most 8 KB (names, values and their separators) and the path and query at
+    /// most 4 KB.
+    fn check_http_call(&self, call: &crate::HttpCall) -> Result<(), String> {
+        if let Some(name) = call
+            .headers
+            .keys()
+            .find(|n| n.as_str().starts_with("x-fc-"))
+        {
+            return Err(format!(
+                "the request has header {name}: x-fc-* headers are set by the platform, a caller \
+                 cannot send them; remove it"
+            ));
+        }
+        let header_bytes: usize = call
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum();
+        if header_bytes > MAX_REQUEST_HEADER_BYTES {
+            return Err(format!(
+                "the request's headers are {header_bytes} bytes, more than FC's limit of \
+                 {MAX_REQUEST_HEADER_BYTES}"
+            ));
+        }
+        let target = call.path_and_query.as_str().len();
+        if target > MAX_PATH_AND_QUERY_BYTES {
+            return Err(format!(
+                "the request's path and query are {target} bytes, more than FC's limit of \
+                 {MAX_PATH_AND_QUERY_BYTES}"
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use bytes::Bytes;
+
+    #[test]
+    fn http_functions_get_http_invoke_and_callers_follow_fc_s_rules() {
+        let mut f = ctx(None);
+        f.mode = crate::FunctionMode::Http;
+        let p = Fc.prepare(&f);
+        let http = p.http.expect("an HTTP function passes calls through");
+        assert_eq!(http.headers["x-fc-control-path"], "/http-invoke");
+        assert_eq!(p.invoke.uri, "/");
+        assert!(Fc.prepare(&ctx(None)).http.is_none());
+
+        let call = |target: &str, headers: &[(&'static str, String)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in headers {
+                h.insert(*k, HeaderValue::from_str(v).unwrap());
+            }
+            crate::HttpCall {
+                method: Method::GET,
+                path_and_query: target.parse().unwrap(),
+                headers: h,
+                body: Bytes::new(),
+                client: None,
+            }
+        };
+        assert_eq!(
+            Fc.check_http_call(&call("/ok?a=1", &[("x-a", "1".into())])),
+            Ok(())
+        );
+        let e = Fc
+            .check_http_call(&call("/", &[("x-fc-request-id", "forged".into())]))
+            .unwrap_err();
+        assert!(e.contains("x-fc-request-id"), "{e}");
+        let e = Fc
+            .check_http_call(&call("/", &[("x-big", "v".repeat(9000))]))
+            .unwrap_err();
+        assert!(e.contains("limit of 8192"), "{e}");
+        let long = format!("/?q={}", "a".repeat(4100));
+        let e = Fc.check_http_call(&call(&long, &[])).unwrap_err();
+        assert!(e.contains("limit of 4096"), "{e}");
+    }
 
     #[test]
     fn fc_writes_its_own_markers() {
@@ -214,6 +299,8 @@ mod tests {
     fn ctx(initializer: Option<u64>) -> FunctionContext {
         FunctionContext {
             name: "hello".into(),
+            revision: 1,
+            mode: crate::FunctionMode::Event,
             memory_mb: 256,
             timeout: Duration::from_secs(30),
             initializer_timeout: initializer.map(Duration::from_secs),

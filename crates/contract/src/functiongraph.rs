@@ -98,8 +98,14 @@ impl Contract for FunctionGraph {
     }
 
     fn prepare(&self, f: &FunctionContext) -> Prepared {
+        let (invoke, http) = crate::for_mode(
+            f.mode,
+            || self.template(f, "/invoke"),
+            || self.template(f, "/invoke"),
+        );
         Prepared {
-            invoke: self.template(f, "/invoke"),
+            invoke,
+            http,
             initialize: f.initializer_timeout.map(|_| self.template(f, "/init")),
             pre_freeze: None,
             pre_stop: None,
@@ -137,6 +143,8 @@ mod tests {
     fn ctx(initializer: bool) -> FunctionContext {
         FunctionContext {
             name: "express".into(),
+            revision: 1,
+            mode: crate::FunctionMode::Event,
             memory_mb: 512,
             timeout: Duration::from_secs(15),
             initializer_timeout: initializer.then(|| Duration::from_secs(3)),

@@ -10,12 +10,15 @@
 //! Adapters build plain `http::Request`s; the pool owns the connections. That keeps every adapter
 //! a pure function of its inputs, unit-testable without a network.
 
+pub mod apigw;
 mod fc;
 mod functiongraph;
+mod http_plain;
 mod scf;
 
 pub use fc::Fc;
 pub use functiongraph::FunctionGraph;
+pub use http_plain::Http;
 pub use scf::Scf;
 
 use std::fmt;
@@ -39,17 +42,56 @@ pub enum ContractKind {
     Fc,
     Functiongraph,
     Scf,
+    Http,
 }
 
 impl ContractKind {
-    pub const SUPPORTED: &'static [&'static str] = &["fc", "functiongraph", "scf"];
-    const PLANNED: &'static [&'static str] = &["lambda", "http"];
+    pub const SUPPORTED: &'static [&'static str] = &["fc", "functiongraph", "scf", "http"];
+    const PLANNED: &'static [&'static str] = &["lambda"];
 
     pub fn as_str(self) -> &'static str {
         match self {
             ContractKind::Fc => "fc",
             ContractKind::Functiongraph => "functiongraph",
             ContractKind::Scf => "scf",
+            ContractKind::Http => "http",
+        }
+    }
+}
+
+/// How a function is called: with events (the contract's invoke request carries each), or as an
+/// HTTP server that gets its callers' requests passed through (FC's HTTP functions, SCF's web
+/// functions, FunctionGraph's HTTP functions, every `http` function).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FunctionMode {
+    #[default]
+    Event,
+    Http,
+}
+
+impl FunctionMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FunctionMode::Event => "event",
+            FunctionMode::Http => "http",
+        }
+    }
+}
+
+impl fmt::Display for FunctionMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for FunctionMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "event" => Ok(FunctionMode::Event),
+            "http" => Ok(FunctionMode::Http),
+            other => Err(format!("unknown mode `{other}`; use `event` or `http`")),
         }
     }
 }
@@ -75,6 +117,7 @@ impl FromStr for ContractKind {
             "fc" => Ok(ContractKind::Fc),
             "functiongraph" => Ok(ContractKind::Functiongraph),
             "scf" => Ok(ContractKind::Scf),
+            "http" => Ok(ContractKind::Http),
             other if ContractKind::PLANNED.contains(&other) => {
                 Err(ParseContractError::NotYetSupported(other.to_string()))
             }
@@ -137,6 +180,7 @@ pub fn adapter(kind: ContractKind) -> Arc<dyn Contract> {
         ContractKind::Fc => Arc::new(Fc),
         ContractKind::Functiongraph => Arc::new(FunctionGraph),
         ContractKind::Scf => Arc::new(Scf),
+        ContractKind::Http => Arc::new(Http),
     }
 }
 
@@ -145,6 +189,9 @@ pub fn adapter(kind: ContractKind) -> Arc<dyn Contract> {
 #[derive(Clone, Debug)]
 pub struct FunctionContext {
     pub name: String,
+    /// Increases with every update of the function (Knative's `K_REVISION` is named after it).
+    pub revision: u64,
+    pub mode: FunctionMode,
     pub memory_mb: u32,
     pub timeout: Duration,
     /// The initialize hook's timeout, when the function has an initializer.
@@ -175,6 +222,12 @@ pub struct RequestTemplate {
 }
 
 impl RequestTemplate {
+    /// The same request at another path.
+    pub fn at(mut self, path: &'static str) -> RequestTemplate {
+        self.uri = http::Uri::from_static(path);
+        self
+    }
+
     /// The request for one call: the template's headers, this call's id and body.
     pub fn request(&self, request_id: &str, body: Bytes) -> ContractRequest {
         let mut req = Request::new(Full::new(body));
@@ -191,11 +244,141 @@ impl RequestTemplate {
     }
 }
 
+/// A caller's HTTP request for an HTTP function, passed through by [`pass_through`].
+#[derive(Clone, Debug)]
+pub struct HttpCall {
+    pub method: http::Method,
+    /// The path and query the function sees (the trigger's prefix already taken off).
+    pub path_and_query: http::uri::PathAndQuery,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// The caller's address, for `Forwarded` / `X-Forwarded-For`.
+    pub client: Option<std::net::IpAddr>,
+}
+
+/// Request headers that describe the caller's connection to Wharf, not the call: not passed on.
+const HOP_BY_HOP_REQUEST: &[&str] = &[
+    "connection",
+    "content-length",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    // Wharf's token: the function never sees it.
+    "authorization",
+];
+
+/// The request that passes `call` through to an HTTP function: the caller's method, path, query,
+/// headers (but for the hop-by-hop ones and Wharf's token) and body; the contract's own headers
+/// from `template` (they win over a caller's of the same name); this call's request id; and
+/// `Forwarded`, `X-Forwarded-For`, `X-Forwarded-Proto` and `X-Forwarded-Host`, so that the
+/// server knows who called it and how, as behind any reverse proxy.
+pub fn pass_through(
+    template: &RequestTemplate,
+    request_id: &str,
+    call: HttpCall,
+) -> ContractRequest {
+    use http::header::{CONTENT_TYPE, HOST};
+    let mut headers = HeaderMap::with_capacity(call.headers.len() + template.headers.len() + 4);
+    for (name, value) in &call.headers {
+        if !HOP_BY_HOP_REQUEST.contains(&name.as_str()) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    let host = headers.get(HOST).cloned();
+    for (name, value) in &template.headers {
+        // The caller's body, the caller's type; the caller's Host, as a proxy keeps it.
+        if name == CONTENT_TYPE || (name == HOST && host.is_some()) {
+            continue;
+        }
+        headers.insert(name.clone(), value.clone());
+    }
+    if let Some(name) = &template.request_id_header
+        && let Ok(value) = http::HeaderValue::from_str(request_id)
+    {
+        headers.insert(name.clone(), value);
+    }
+    let client = call.client.map(|ip| ip.to_string());
+    let host_text = host
+        .as_ref()
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string);
+    let mut forwarded = Vec::with_capacity(3);
+    if let Some(ip) = &call.client {
+        forwarded.push(match ip {
+            std::net::IpAddr::V4(v4) => format!("for={v4}"),
+            std::net::IpAddr::V6(v6) => format!("for=\"[{v6}]\""),
+        });
+    }
+    forwarded.push("proto=http".to_string());
+    if let Some(h) = host_text
+        .as_deref()
+        .filter(|h| !h.contains(['"', '\\', ';', ',']))
+    {
+        forwarded.push(format!("host={h}"));
+    }
+    headers.append(http::header::FORWARDED, header(forwarded.join(";")));
+    if let Some(ip) = client {
+        let xff = http::HeaderName::from_static("x-forwarded-for");
+        let chain = match headers.get(&xff).and_then(|v| v.to_str().ok()) {
+            Some(before) if !before.trim().is_empty() => format!("{before}, {ip}"),
+            _ => ip,
+        };
+        headers.insert(xff, header(chain));
+    }
+    headers.insert(
+        http::HeaderName::from_static("x-forwarded-proto"),
+        http::HeaderValue::from_static("http"),
+    );
+    if let Some(h) = host {
+        headers.insert(http::HeaderName::from_static("x-forwarded-host"), h);
+    }
+    let mut req = Request::new(Full::new(call.body));
+    *req.method_mut() = call.method;
+    *req.uri_mut() = http::Uri::from(call.path_and_query);
+    *req.headers_mut() = headers;
+    req
+}
+
+/// The `invoke` and `http` requests of a function in `mode`: an event function's invoke request
+/// is `event`; an HTTP function has `http` (the contract's headers for every passed-through
+/// call), and its events go as `POST /` with the same headers.
+pub(crate) fn for_mode(
+    mode: FunctionMode,
+    event: impl FnOnce() -> RequestTemplate,
+    http: impl FnOnce() -> RequestTemplate,
+) -> (RequestTemplate, Option<RequestTemplate>) {
+    match mode {
+        FunctionMode::Event => (event(), None),
+        FunctionMode::Http => {
+            let t = http().at("/");
+            (t.clone(), Some(t))
+        }
+    }
+}
+
+/// The outcome of an HTTP function's answer: its status is the caller's business (a 404 is an
+/// answer, not a failure), but a 5xx is a failure to any user, so it is recorded as a function
+/// error — and still passed on as the function sent it.
+pub fn classify_http(status: StatusCode) -> Outcome {
+    if status.is_server_error() {
+        Outcome::FunctionError {
+            reason: format!("the function answered with status {}", status.as_u16()),
+        }
+    } else {
+        Outcome::Success
+    }
+}
+
 /// What an adapter prepares once per function revision.
 #[derive(Clone, Debug)]
 pub struct Prepared {
-    /// The request that carries an event.
+    /// The request that carries an event (for an HTTP function: `POST /` with the event as body).
     pub invoke: RequestTemplate,
+    /// For an HTTP function: the headers every passed-through call gets ([`pass_through`]).
+    pub http: Option<RequestTemplate>,
     /// The initialize hook's request, if the function has an initializer.
     pub initialize: Option<RequestTemplate>,
     /// The pre-freeze hook's request (before an idle instance is frozen), if configured.
@@ -270,7 +453,10 @@ pub enum HookOutcome {
 ///   request, then [`classify_hook`](Contract::classify_hook);
 /// - per invocation: the prepared invoke request, then [`classify`](Contract::classify) and
 ///   [`response_header_allowed`](Contract::response_header_allowed) for each header; around
-///   the initialize hook and the invocation, [`log_marker`](Contract::log_marker);
+///   the initialize hook and the invocation, [`log_marker`](Contract::log_marker); for a
+///   call passed through to an HTTP function, [`check_http_call`](Contract::check_http_call)
+///   first (before an instance is taken), then the prepared `http` headers ([`pass_through`]),
+///   and [`classify_http`] instead of `classify`;
 /// - before an idle instance is frozen, and before an instance is stopped: the prepared
 ///   pre-freeze and pre-stop requests (when configured), then
 ///   [`classify_hook`](Contract::classify_hook);
@@ -311,6 +497,11 @@ pub trait Contract: Send + Sync + 'static {
     fn log_marker(&self, _point: LogPoint, _request_id: &str) -> Option<String> {
         None
     }
+    /// Whether a caller's request may be passed through to an HTTP function; `Err` says what is
+    /// wrong with it (FC: its header and URL limits, no `x-fc-*` headers from callers).
+    fn check_http_call(&self, _call: &HttpCall) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -328,17 +519,18 @@ mod tests {
         let e = "lambda".parse::<ContractKind>().unwrap_err();
         assert_eq!(
             e.to_string(),
-            "contract `lambda` is not supported yet; supported: fc, functiongraph, scf"
+            "contract `lambda` is not supported yet; supported: fc, functiongraph, scf, http"
         );
         let e = "soap".parse::<ContractKind>().unwrap_err();
         assert_eq!(
             e.to_string(),
-            "unknown contract `soap`; supported: fc, functiongraph, scf"
+            "unknown contract `soap`; supported: fc, functiongraph, scf, http"
         );
         for kind in [
             ContractKind::Fc,
             ContractKind::Functiongraph,
             ContractKind::Scf,
+            ContractKind::Http,
         ] {
             assert_eq!(kind.as_str().parse::<ContractKind>(), Ok(kind));
             assert_eq!(adapter(kind).kind(), kind);

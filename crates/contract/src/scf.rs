@@ -103,13 +103,16 @@ impl Contract for Scf {
         for (name, value) in pairs {
             h.insert(HeaderName::from_static(name), value);
         }
+        let template = RequestTemplate {
+            method: Method::POST,
+            uri: http::Uri::from_static("/event-invoke"),
+            headers: h,
+            request_id_header: Some(HeaderName::from_static("x-scf-request-id")),
+        };
+        let (invoke, http) = crate::for_mode(f.mode, || template.clone(), || template.clone());
         Prepared {
-            invoke: RequestTemplate {
-                method: Method::POST,
-                uri: http::Uri::from_static("/event-invoke"),
-                headers: h,
-                request_id_header: Some(HeaderName::from_static("x-scf-request-id")),
-            },
+            invoke,
+            http,
             initialize: None,
             pre_freeze: None,
             pre_stop: None,
@@ -148,6 +151,8 @@ mod tests {
     fn ctx() -> FunctionContext {
         FunctionContext {
             name: "web".into(),
+            revision: 1,
+            mode: crate::FunctionMode::Event,
             memory_mb: 128,
             timeout: Duration::from_secs(3),
             initializer_timeout: None,
