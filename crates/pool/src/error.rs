@@ -92,6 +92,9 @@ pub enum InvokeError {
     },
     #[error("function {name}: the response is larger than the limit of {limit} bytes")]
     ResponseTooLarge { name: String, limit: usize },
+    /// The caller's request cannot be passed to the function as it is.
+    #[error("function {name}: {reason}")]
+    BadRequest { name: String, reason: String },
     #[error("function {name} has reached its maximum of {max} instances, all busy: retry later")]
     TooManyInstances { name: String, max: usize },
     #[error("wharf is shutting down")]
@@ -118,6 +121,8 @@ impl InvokeError {
             InvokeError::OutOfMemory { .. } => "FunctionOutOfMemory",
             InvokeError::Unreachable { .. } => "InstanceUnreachable",
             InvokeError::ResponseTooLarge { .. } => "FunctionResponseTooLarge",
+            // FC's code for a request outside its rules.
+            InvokeError::BadRequest { .. } => "InvalidArgument",
             InvokeError::TooManyInstances { .. } => "ResourceExhausted",
             InvokeError::ShuttingDown => "ShuttingDown",
             InvokeError::Internal { .. } => "InternalError",

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use wharf_contract::{Contract, ContractKind, FunctionContext, Hook, Prepared};
+use wharf_contract::{Contract, ContractKind, FunctionContext, FunctionMode, Hook, Prepared};
 use wharf_image::RegistryAuth;
 use wharf_sandbox::{BindMount, NetworkMode, OutputSink};
 
@@ -26,6 +26,8 @@ pub struct FunctionSpec {
     /// Increases with every update of the function.
     pub revision: u64,
     pub contract: ContractKind,
+    /// Called with events, or an HTTP function that gets requests passed through.
+    pub mode: FunctionMode,
     /// `None`: the contract's default port.
     pub port: Option<u16>,
     pub memory_mb: u32,
@@ -102,6 +104,8 @@ impl Revision {
         }
         let context = FunctionContext {
             name: spec.name.clone(),
+            revision: spec.revision,
+            mode: spec.mode,
             memory_mb: spec.memory_mb,
             timeout: spec.timeout,
             initializer_timeout: spec.initializer_timeout,

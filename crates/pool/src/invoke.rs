@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
-use wharf_contract::{HookOutcome, LogPoint, Outcome};
+use wharf_contract::{FunctionMode, HookOutcome, HttpCall, LogPoint, Outcome};
 
 use crate::connection::ExchangeError;
 use crate::function::{Acquired, FunctionPool, Refused, Revision};
@@ -45,6 +45,15 @@ pub struct Invocation {
     pub memory_peak_bytes: Option<u64>,
 }
 
+/// What an invocation sends the function.
+#[derive(Debug)]
+enum Call {
+    /// An event, in the contract's invoke request.
+    Event(Bytes),
+    /// A caller's request, passed through to an HTTP function.
+    Http(HttpCall),
+}
+
 impl Pool {
     /// Invokes function `name` with `event`. The work runs in its own task, so a caller that goes
     /// away (a client disconnecting) never leaves an instance half-started or a slot taken.
@@ -53,6 +62,32 @@ impl Pool {
         name: &str,
         request_id: &str,
         event: Bytes,
+    ) -> Result<Invocation, InvokeError> {
+        self.call(name, request_id, Call::Event(event)).await
+    }
+
+    /// Passes `call` through to HTTP function `name` (its answer is the function's response,
+    /// with the contract's response header rules applied). An event function, or a request the
+    /// contract refuses, is an [`InvokeError::BadRequest`].
+    pub async fn invoke_http(
+        &self,
+        name: &str,
+        request_id: &str,
+        call: HttpCall,
+    ) -> Result<Invocation, InvokeError> {
+        self.call(name, request_id, Call::Http(call)).await
+    }
+
+    /// Whether function `name` takes events or HTTP requests; `None` if there is no such function.
+    pub fn mode_of(&self, name: &str) -> Option<FunctionMode> {
+        Some(self.inner.function(name)?.revision().spec.mode)
+    }
+
+    async fn call(
+        &self,
+        name: &str,
+        request_id: &str,
+        call: Call,
     ) -> Result<Invocation, InvokeError> {
         if self.inner.shutdown.is_cancelled() {
             return Err(InvokeError::ShuttingDown);
@@ -66,7 +101,7 @@ impl Pool {
         let task = self
             .inner
             .tasks
-            .spawn(async move { invoke(&inner, &fp, request_id, event).await });
+            .spawn(async move { invoke(&inner, &fp, request_id, call).await });
         task.await.unwrap_or_else(|e| {
             Err(InvokeError::Internal {
                 name: name.into(),
@@ -80,10 +115,27 @@ async fn invoke(
     pool: &PoolInner,
     fp: &FunctionPool,
     request_id: String,
-    event: Bytes,
+    call: Call,
 ) -> Result<Invocation, InvokeError> {
     let started_at = SystemTime::now();
     let t0 = Instant::now();
+    if let Call::Http(http) = &call {
+        // Before an instance is taken: a request the function cannot get costs nothing.
+        let revision = fp.revision();
+        if let Err(e) = check_http_call(&revision, http) {
+            let record = record(
+                &revision,
+                &request_id,
+                started_at,
+                None,
+                None,
+                None,
+                &Err(&e),
+            );
+            revision.spec.log.invocation(&record);
+            return Err(e);
+        }
+    }
     let mut dead = Vec::new();
     let acquired = fp.acquire(pool.config.max_instances, &mut dead);
     pool.stop_in_background(dead);
@@ -150,7 +202,7 @@ async fn invoke(
         }
     };
     let mut sent = None;
-    let result = serve(&instance, &request_id, event, &mut sent).await;
+    let result = serve(&instance, &request_id, call, &mut sent).await;
     // Before the release: a failed instance is stopped after it, and its memory peak with it.
     finish(
         &instance,
@@ -275,12 +327,42 @@ fn record(
     }
 }
 
-/// Sends the event to `instance` (after its initialize hook, if that has not succeeded yet) and
-/// reads the answer. `sent` is set when the event is sent, just after the `START` line.
+/// The headers of `revision`'s passed-through calls; an error if it is not an HTTP function.
+fn http_template(revision: &Revision) -> Result<&wharf_contract::RequestTemplate, InvokeError> {
+    revision
+        .prepared
+        .http
+        .as_ref()
+        .ok_or_else(|| InvokeError::BadRequest {
+            name: revision.spec.name.clone(),
+            reason: format!(
+                "it is an {} function, not an HTTP function: requests cannot be passed through \
+                 to it (deploy it with \"mode\": \"http\" if its server handles any path)",
+                revision.spec.mode
+            ),
+        })
+}
+
+/// Whether `call` may be passed through to `revision`: an HTTP function, and a request its
+/// contract accepts.
+fn check_http_call(revision: &Revision, call: &HttpCall) -> Result<(), InvokeError> {
+    http_template(revision)?;
+    revision
+        .contract
+        .check_http_call(call)
+        .map_err(|reason| InvokeError::BadRequest {
+            name: revision.spec.name.clone(),
+            reason,
+        })
+}
+
+/// Sends the event or the request to `instance` (after its initialize hook, if that has not
+/// succeeded yet) and reads the answer. `sent` is set when it is sent, just after the `START`
+/// line.
 async fn serve(
     instance: &Arc<PoolInstance>,
     request_id: &str,
-    event: Bytes,
+    call: Call,
     sent: &mut Option<Instant>,
 ) -> Result<Invocation, InvokeError> {
     let revision = &instance.revision;
@@ -300,7 +382,14 @@ async fn serve(
         }
         initialized?;
     }
-    let req = revision.prepared.invoke.request(request_id, event);
+    let req = match call {
+        Call::Event(event) => revision.prepared.invoke.request(request_id, event),
+        // Checked before the instance was taken, against the function's revision then; the
+        // instance's may be older.
+        Call::Http(http) => {
+            wharf_contract::pass_through(http_template(revision)?, request_id, http)
+        }
+    };
     log.system(
         instance.id(),
         &report::start_line(request_id, &revision.context.version),
@@ -334,7 +423,10 @@ async fn serve(
     };
     let duration = t0.elapsed();
     instance.count_request();
-    let outcome = revision.contract.classify(parts.status, &parts.headers);
+    let outcome = match revision.context.mode {
+        FunctionMode::Event => revision.contract.classify(parts.status, &parts.headers),
+        FunctionMode::Http => wharf_contract::classify_http(parts.status),
+    };
     let mut headers = HeaderMap::with_capacity(parts.headers.len());
     for (name, value) in &parts.headers {
         if revision.contract.response_header_allowed(name) {
