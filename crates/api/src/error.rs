@@ -125,6 +125,7 @@ impl From<InvokeError> for ApiError {
             | InvokeError::Unreachable { .. }
             | InvokeError::ResponseTooLarge { .. } => StatusCode::BAD_GATEWAY,
             InvokeError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            InvokeError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             InvokeError::TooManyInstances { .. } => StatusCode::TOO_MANY_REQUESTS,
             InvokeError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         };

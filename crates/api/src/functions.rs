@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
-use wharf_contract::{Contract, ContractKind, Hook};
+use wharf_contract::{Contract, ContractKind, FunctionMode, Hook};
 use wharf_image::{PullOptions, RegistryAuth};
 use wharf_pool::FunctionSpec;
 use wharf_sandbox::{BindMount, NetworkMode};
@@ -62,6 +62,7 @@ pub fn default_disk_mb(memory_mb: u32) -> u32 {
 pub struct FunctionRequest {
     pub image: Option<String>,
     pub contract: Option<String>,
+    pub mode: Option<String>,
     pub port: Option<i64>,
     pub memory_mb: Option<i64>,
     pub timeout_s: Option<i64>,
@@ -110,6 +111,7 @@ pub struct RegistryAuthRequest {
 pub struct ValidFunction {
     pub image: String,
     pub contract: ContractKind,
+    pub mode: FunctionMode,
     pub port: u16,
     pub memory_mb: u32,
     pub timeout_s: u32,
@@ -245,6 +247,20 @@ pub fn validate(req: FunctionRequest) -> Result<ValidFunction, ApiError> {
         Some(c) => c.parse().map_err(|e| ApiError::invalid("contract", e))?,
     };
     let adapter = wharf_contract::adapter(contract);
+    let mode = match (req.mode.as_deref(), contract) {
+        (None, ContractKind::Http) => FunctionMode::Http,
+        (None, _) => FunctionMode::Event,
+        (Some(m), kind) => match m.parse().map_err(|e| ApiError::invalid("mode", e))? {
+            FunctionMode::Event if kind == ContractKind::Http => {
+                return Err(ApiError::invalid(
+                    "mode",
+                    "an http function is an HTTP server that gets requests passed through: \
+                     leave mode out (or set \"http\")",
+                ));
+            }
+            m => m,
+        },
+    };
     let port = match req.port {
         None => adapter.default_port(),
         Some(p) => in_range("port", p, (1, 65535), "")? as u16,
@@ -386,6 +402,7 @@ pub fn validate(req: FunctionRequest) -> Result<ValidFunction, ApiError> {
     Ok(ValidFunction {
         image,
         contract,
+        mode,
         port,
         memory_mb,
         timeout_s,
@@ -457,6 +474,7 @@ pub struct FunctionView {
     pub image_digest: String,
     pub image_pinned: String,
     pub contract: String,
+    pub mode: String,
     pub port: u16,
     pub memory_mb: u32,
     pub timeout_s: u32,
@@ -507,6 +525,7 @@ impl From<&FunctionRecord> for FunctionView {
             image_digest: r.image_digest.clone(),
             image_pinned: r.image_pinned.clone(),
             contract: r.contract.clone(),
+            mode: r.mode.clone(),
             port: r.port,
             memory_mb: r.memory_mb,
             timeout_s: r.timeout_s,
@@ -544,6 +563,12 @@ pub(crate) fn spec_of(app: &App, r: &FunctionRecord) -> Result<FunctionSpec, Api
             format!("stored function {} has an unusable contract: {e}", r.name),
         )
     })?;
+    let mode: FunctionMode = r.mode.parse().map_err(|e| {
+        ApiError::internal(format!(
+            "stored function {} has an unusable mode: {e}",
+            r.name
+        ))
+    })?;
     let network = parse_network(&r.network).ok_or_else(|| {
         ApiError::internal(format!(
             "stored function {} has an unknown network mode {:?}",
@@ -556,6 +581,7 @@ pub(crate) fn spec_of(app: &App, r: &FunctionRecord) -> Result<FunctionSpec, Api
         name: r.name.clone(),
         revision: r.revision,
         contract,
+        mode,
         port: Some(r.port),
         memory_mb: r.memory_mb,
         timeout: Duration::from_secs(r.timeout_s.into()),
@@ -747,6 +773,7 @@ async fn deploy(
         image_pinned: pinned,
         image_digest: digest,
         contract: valid.contract.as_str().to_string(),
+        mode: valid.mode.as_str().to_string(),
         port: valid.port,
         memory_mb: valid.memory_mb,
         timeout_s: valid.timeout_s,
@@ -888,6 +915,11 @@ mod tests {
         assert_eq!(v.disk_mb, DEFAULT_DISK_MB);
         let v = req(serde_json::json!({"image": "r/x:1", "contract": "functiongraph"})).unwrap();
         assert_eq!(v.port, 8000);
+        assert_eq!(v.mode, FunctionMode::Event);
+        let v = req(serde_json::json!({"image": "r/x:1", "contract": "http"})).unwrap();
+        assert_eq!((v.mode, v.port), (FunctionMode::Http, 8080));
+        let v = req(serde_json::json!({"image": "r/x:1", "mode": "http"})).unwrap();
+        assert_eq!((v.contract, v.mode), (ContractKind::Fc, FunctionMode::Http));
         assert_eq!(default_disk_mb(64), 32);
         assert_eq!(default_disk_mb(32 * 1024), 512);
         let v = req(serde_json::json!({"image": "r/x:1", "initializer": {}})).unwrap();
@@ -923,6 +955,14 @@ mod tests {
                 serde_json::json!({"image": "x", "contract": "functiongraph", "uid": 0}),
                 "uid: 0 (root) is not allowed: contract functiongraph never runs instances as \
                  root; leave it out for the default 1003:1003",
+            ),
+            (
+                serde_json::json!({"image": "x", "mode": "rest"}),
+                "mode: unknown mode `rest`; use `event` or `http`",
+            ),
+            (
+                serde_json::json!({"image": "x", "contract": "http", "mode": "event"}),
+                "mode: an http function is an HTTP server",
             ),
             (
                 serde_json::json!({"image": "x", "contract": "scf", "initializer": {}}),

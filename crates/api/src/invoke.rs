@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 use wharf_contract::Outcome;
+use wharf_pool::Invocation;
 
 use crate::{ApiError, App};
 
@@ -68,6 +69,57 @@ fn ms(d: std::time::Duration) -> HeaderValue {
     HeaderValue::from_bytes(&buf[start..]).expect("digits and a dot")
 }
 
+/// The function's answer as the caller gets it: its status, the headers the contract let
+/// through, its body, and Wharf's headers.
+pub(crate) fn response_of(mut inv: Invocation) -> Response {
+    let mut resp = Response::new(Body::from(std::mem::take(&mut inv.body)));
+    *resp.status_mut() = inv.status;
+    *resp.headers_mut() = std::mem::take(&mut inv.headers);
+    wharf_headers(resp.headers_mut(), &inv);
+    resp
+}
+
+/// Wharf's word about the call, in `h` (the answer's headers): the instance, cold or warm, the
+/// times, the memory peak, and the function error if there was one. A function cannot set these
+/// headers itself: any `x-wharf-*` header it sent is removed first.
+pub(crate) fn wharf_headers(h: &mut http::HeaderMap, inv: &Invocation) {
+    let forged: Vec<_> = h
+        .keys()
+        .filter(|n| n.as_str().starts_with("x-wharf-"))
+        .cloned()
+        .collect();
+    for name in forged {
+        h.remove(name);
+    }
+    h.insert(
+        INSTANCE_ID,
+        HeaderValue::from_str(&inv.instance_id).expect("instance ids are ASCII"),
+    );
+    h.insert(
+        COLD_START,
+        HeaderValue::from_static(if inv.cold_start { "true" } else { "false" }),
+    );
+    h.insert(DURATION_MS, ms(inv.duration));
+    if let Some(d) = inv.init_duration {
+        h.insert(INIT_DURATION_MS, ms(d));
+    }
+    if let Some(d) = inv.thaw_duration {
+        h.insert(THAW_DURATION_MS, ms(d));
+    }
+    if let Some(peak) = inv.memory_peak_bytes {
+        h.insert(
+            MEMORY_PEAK_MB,
+            HeaderValue::from(peak.div_ceil(1024 * 1024)),
+        );
+    }
+    if let Outcome::FunctionError { reason } = &inv.outcome {
+        h.insert(
+            FUNCTION_ERROR,
+            HeaderValue::from_str(reason).unwrap_or_else(|_| HeaderValue::from_static("true")),
+        );
+    }
+}
+
 pub async fn invoke(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
@@ -89,50 +141,7 @@ pub async fn invoke(
             .map_err(ApiError::from),
     };
     let mut resp = match result {
-        Ok(inv) => {
-            let mut resp = Response::new(Body::from(inv.body));
-            *resp.status_mut() = inv.status;
-            let h = resp.headers_mut();
-            *h = inv.headers;
-            // The x-wharf-* headers are Wharf's word about the call: a function cannot set them.
-            let forged: Vec<_> = h
-                .keys()
-                .filter(|n| n.as_str().starts_with("x-wharf-"))
-                .cloned()
-                .collect();
-            for name in forged {
-                h.remove(name);
-            }
-            h.insert(
-                INSTANCE_ID,
-                HeaderValue::from_str(&inv.instance_id).expect("instance ids are ASCII"),
-            );
-            h.insert(
-                COLD_START,
-                HeaderValue::from_static(if inv.cold_start { "true" } else { "false" }),
-            );
-            h.insert(DURATION_MS, ms(inv.duration));
-            if let Some(d) = inv.init_duration {
-                h.insert(INIT_DURATION_MS, ms(d));
-            }
-            if let Some(d) = inv.thaw_duration {
-                h.insert(THAW_DURATION_MS, ms(d));
-            }
-            if let Some(peak) = inv.memory_peak_bytes {
-                h.insert(
-                    MEMORY_PEAK_MB,
-                    HeaderValue::from(peak.div_ceil(1024 * 1024)),
-                );
-            }
-            if let Outcome::FunctionError { reason } = inv.outcome {
-                h.insert(
-                    FUNCTION_ERROR,
-                    HeaderValue::from_str(&reason)
-                        .unwrap_or_else(|_| HeaderValue::from_static("true")),
-                );
-            }
-            resp
-        }
+        Ok(inv) => response_of(inv),
         Err(e) => {
             tracing::debug!(function = %name, request_id = %request_id, error = %e.message, "invoke failed");
             e.into_response()

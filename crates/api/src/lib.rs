@@ -13,6 +13,7 @@ pub mod images;
 pub mod invoke;
 pub mod logs;
 pub mod server;
+pub mod trigger;
 
 pub use error::ApiError;
 
@@ -22,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware::from_fn_with_state;
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use http::StatusCode;
 use wharf_image::ImageStore;
 use wharf_pool::Pool;
@@ -105,6 +106,8 @@ impl App {
     }
 
     pub fn router(self: &Arc<Self>) -> Router {
+        let trigger =
+            || any(trigger::trigger).layer(DefaultBodyLimit::max(invoke::MAX_EVENT_BYTES));
         Router::new()
             .route("/v1/functions", get(functions::list))
             .route(
@@ -117,6 +120,10 @@ impl App {
                 "/v1/functions/{name}/invoke",
                 post(invoke::invoke).layer(DefaultBodyLimit::max(invoke::MAX_EVENT_BYTES)),
             )
+            // The trigger's root, with and without its slash, and every path below it.
+            .route("/v1/functions/{name}/http", trigger())
+            .route("/v1/functions/{name}/http/", trigger())
+            .route("/v1/functions/{name}/http/{*path}", trigger())
             .route("/v1/functions/{name}/logs", get(logs::get))
             .route("/v1/functions/{name}/invocations", get(logs::invocations))
             .route("/v1/images", get(images::list))

@@ -4,17 +4,20 @@
 //! limit on how long a client may take to send its headers. Here each accepted connection gets
 //! `TCP_NODELAY` (an answer is written the moment it is ready, not after the client's delayed
 //! ACK) and a header read timeout (a client that opens connections and sends nothing cannot
-//! hold them for ever).
+//! hold them for ever). Each request carries its connection's peer address (axum's
+//! `ConnectInfo`), which HTTP triggers pass on in `Forwarded` / `X-Forwarded-For`.
 
 use std::future::Future;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::ConnectInfo;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tower::ServiceExt;
 
 /// How long a client may take to send a request's headers, by default.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -35,9 +38,9 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     tokio::pin!(stop);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors and the like: say so, and do not spin on it.
                     tracing::warn!(error = %e, "cannot accept an API connection");
@@ -50,7 +53,12 @@ pub async fn serve(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY on an API connection");
         }
-        let service = TowerToHyperService::new(router.clone());
+        let service = TowerToHyperService::new(router.clone().map_request(
+            move |mut req: http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                req
+            },
+        ));
         let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             if let Err(e) = conn.await {

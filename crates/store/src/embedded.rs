@@ -136,6 +136,7 @@ mod tests {
             image_pinned: "127.0.0.1:5000/hello@sha256:00".into(),
             image_digest: "sha256:00".into(),
             contract: "fc".into(),
+            mode: "event".into(),
             port: 9000,
             memory_mb: 128,
             timeout_s: 60,

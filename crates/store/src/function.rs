@@ -17,6 +17,9 @@ pub struct FunctionRecord {
     pub image_digest: String,
     /// Contract (dialect) name, e.g. `fc`.
     pub contract: String,
+    /// `event` or `http`. Records from before the field were all event functions.
+    #[serde(default = "default_mode")]
+    pub mode: String,
     pub port: u16,
     pub memory_mb: u32,
     pub timeout_s: u32,
@@ -70,6 +73,10 @@ pub struct FunctionRecord {
 
 fn default_true() -> bool {
     true
+}
+
+fn default_mode() -> String {
+    "event".into()
 }
 
 fn default_network() -> String {
