@@ -260,12 +260,38 @@ impl Wharf {
         body: Option<Vec<u8>>,
         token: Option<&str>,
     ) -> ApiResponse {
+        self.request(method, path, &[], body, token).await
+    }
+
+    /// One API call with the token and these headers.
+    pub async fn api_with_headers(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> ApiResponse {
+        self.request(method, path, headers, body, Some(&self.token))
+            .await
+    }
+
+    async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+        token: Option<&str>,
+    ) -> ApiResponse {
         crate::install_crypto_provider();
         let client = reqwest::Client::new();
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a method");
         let mut req = client.request(method, format!("{}{path}", self.url));
         if let Some(t) = token {
             req = req.bearer_auth(t);
+        }
+        for (name, value) in headers {
+            req = req.header(*name, *value);
         }
         if let Some(b) = body {
             req = req.body(b);

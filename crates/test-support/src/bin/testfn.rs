@@ -3,7 +3,7 @@
 //! quickstart deploys as `hello`.
 //!
 //! Start-up, from the environment:
-//! - `TESTFN_PORT` (else `FC_SERVER_PORT`, else 9000): the port; `TESTFN_BIND` (default
+//! - `TESTFN_PORT` (else `FC_SERVER_PORT`, else `PORT`, else 9000): the port; `TESTFN_BIND` (default
 //!   `0.0.0.0`): the address.
 //! - `TESTFN_MODE=never-listen`: print a line and never listen; `exit`: print a line and exit 3;
 //!   `sleep`: sleep until killed (the children of the `fork` command).
@@ -18,7 +18,9 @@
 //!
 //! Routes: `/initialize` (FC) and `/init` (FunctionGraph) are the initialize hook; `/invoke`
 //! (FC, FunctionGraph) and `/event-invoke` (SCF) take events; `/pre-freeze`, `/pre-stop` are FC's
-//! hooks.
+//! hooks. Any other path (an HTTP function's) answers the request it got as JSON: `method`,
+//! `path`, `query`, `headers`, `body` (as text), `env` (`PORT` and the `K_*` variables); with
+//! status `?status=N` (default 200) and header `x-testfn-path`.
 //!
 //! Events (JSON):
 //! - `{"name": "x"}` → `Hello, x!`
@@ -50,6 +52,11 @@
 //!   for each IPv4 address), `masked` (bytes readable from `/proc/keys`,
 //!   `/proc/kcore`, `/proc/timer_list`, or the error), `connect` (per address: `"connected"` or
 //!   the error of a TCP connect with a 1 s timeout)
+//! - an API-gateway event (`httpMethod` and `isBase64Encoded` in it) → the gateway answer:
+//!   status from its `status` query parameter (default 200), its body decoded and sent back
+//!   base64-encoded (`isBase64Encoded: true`), headers `x-apigw-method`, `x-apigw-path` and
+//!   `x-apigw-query` (its query parameters as JSON); with query `malformed=1`, an answer whose
+//!   `statusCode` is a string
 //! - anything else → echoed back
 
 use std::collections::BTreeMap;
@@ -123,6 +130,8 @@ fn ids() -> (String, String) {
 
 async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_string();
+    let query = req.uri().query().map(str::to_string);
+    let method = req.method().to_string();
     let headers = headers_of(&req);
     let body = req
         .into_body()
@@ -162,14 +171,88 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
             }
             Ok(invoke(headers, body).await)
         }
-        _ => Ok(reply(404, format!("testfn: no route for {path}"))),
+        _ => Ok(echo_request(method, &path, query, headers, &body)),
     }
+}
+
+/// An HTTP function's answer: the request it got, as JSON.
+fn echo_request(
+    method: String,
+    path: &str,
+    query: Option<String>,
+    headers: BTreeMap<String, String>,
+    body: &[u8],
+) -> Response<Full<Bytes>> {
+    let status = query
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .find_map(|p| p.strip_prefix("status="))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
+    let env: BTreeMap<String, String> = std::env::vars()
+        .filter(|(k, _)| k == "PORT" || k.starts_with("K_"))
+        .collect();
+    let mut r = reply(
+        status,
+        json!({
+            "method": method,
+            "path": path,
+            "query": query,
+            "headers": headers,
+            "body": String::from_utf8_lossy(body),
+            "env": env,
+        })
+        .to_string(),
+    );
+    if let Ok(v) = http::HeaderValue::from_str(path) {
+        r.headers_mut().insert("x-testfn-path", v);
+    }
+    r
+}
+
+/// The answer to an API-gateway event: its body back, and what the event said in headers.
+fn gateway_answer(event: &Value) -> Response<Full<Bytes>> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let query = event
+        .get("queryStringParameters")
+        .cloned()
+        .unwrap_or(Value::Null);
+    if query.get("malformed").is_some() {
+        return reply(200, json!({"statusCode": "200", "body": "x"}).to_string());
+    }
+    let status = query
+        .get("status")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse::<u16>().ok())
+        .unwrap_or(200);
+    let body = event
+        .get("body")
+        .and_then(Value::as_str)
+        .and_then(|b| b64.decode(b).ok())
+        .unwrap_or_default();
+    let answer = json!({
+        "isBase64Encoded": true,
+        "statusCode": status,
+        "headers": {
+            "content-type": "application/octet-stream",
+            "x-apigw-method": event.get("httpMethod"),
+            "x-apigw-path": event.get("path"),
+            "x-apigw-query": query.to_string(),
+        },
+        "body": b64.encode(body),
+    });
+    reply(200, answer.to_string())
 }
 
 async fn invoke(headers: BTreeMap<String, String>, body: Bytes) -> Response<Full<Bytes>> {
     let event: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     if let Some(name) = event.get("name").and_then(Value::as_str) {
         return reply(200, format!("Hello, {name}!\n"));
+    }
+    if event.get("httpMethod").is_some() && event.get("isBase64Encoded").is_some() {
+        return gateway_answer(&event);
     }
     match event.get("cmd").and_then(Value::as_str) {
         Some("headers") => reply(200, json!(headers).to_string()),
@@ -514,6 +597,7 @@ fn main() {
     let mode = std::env::var("TESTFN_MODE").unwrap_or_default();
     let port: u16 = std::env::var("TESTFN_PORT")
         .or_else(|_| std::env::var("FC_SERVER_PORT"))
+        .or_else(|_| std::env::var("PORT"))
         .ok()
         .and_then(|p| p.parse().ok())
         .unwrap_or(9000);
