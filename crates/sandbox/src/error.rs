@@ -362,6 +362,14 @@ pub enum StartError {
         source: io::Error,
     },
 
+    #[error("failed to listen on 127.0.0.1:{port} inside instance {id}'s network namespace")]
+    Listen {
+        id: String,
+        port: u16,
+        #[source]
+        source: io::Error,
+    },
+
     #[error("failed to set up the network of instance {id}")]
     Network {
         id: String,
@@ -398,6 +406,7 @@ impl StartError {
             | StartError::PidFile { id, .. }
             | StartError::Pidfd { id, .. }
             | StartError::Netns { id, .. }
+            | StartError::Listen { id, .. }
             | StartError::Network { id, .. }
             | StartError::Cleanup { id, .. } => id,
         }

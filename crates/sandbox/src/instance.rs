@@ -40,6 +40,8 @@ pub struct Instance {
     /// The OOM watcher, ended by the stop (`oom`). `None` without a memory controller or when
     /// it could not be registered.
     pub(crate) oom_watch: std::sync::Mutex<Option<crate::oom::OomWatch>>,
+    /// The listeners of [`InstanceSpec::listen`](crate::InstanceSpec::listen), until taken.
+    pub(crate) listeners: std::sync::Mutex<Vec<(u16, tokio::net::TcpListener)>>,
 }
 
 impl std::fmt::Debug for Instance {
@@ -60,6 +62,15 @@ impl Instance {
     /// The init process's pid, as seen from the host.
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// The listener on `127.0.0.1:port` inside the instance that the spec asked for
+    /// ([`InstanceSpec::listen`](crate::InstanceSpec::listen)); `None` if there is none or it
+    /// was taken already.
+    pub fn take_listener(&self, port: u16) -> Option<tokio::net::TcpListener> {
+        let mut listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        let at = listeners.iter().position(|(p, _)| *p == port)?;
+        Some(listeners.swap_remove(at).1)
     }
 
     /// A TCP connection to `127.0.0.1:port` inside the instance's network namespace, with

@@ -342,6 +342,21 @@ async fn start_steps(
         }
     };
 
+    // Wharf's own servers inside the instance, listening before its process runs.
+    let mut listeners = Vec::with_capacity(spec.listen.len());
+    for &port in &spec.listen {
+        let listener =
+            sb.connector
+                .listen(&netns, port)
+                .await
+                .map_err(|source| StartError::Listen {
+                    id: id.to_owned(),
+                    port,
+                    source,
+                })?;
+        listeners.push((port, listener));
+    }
+
     // 6. Start: through crun's exec fifo when that is how this runtime waits (no second
     // runtime process on the cold-start path), else `runtime start`.
     let t = Instant::now();
@@ -392,6 +407,7 @@ async fn start_steps(
         freezer: Default::default(),
         events: crate::events::Events::new(id, spec.events.clone()),
         oom_watch: Default::default(),
+        listeners: std::sync::Mutex::new(listeners),
     };
     // `Started`, arm the exit watcher, start the OOM watcher.
     crate::events::announce_started(&instance, arm_exit);

@@ -303,6 +303,10 @@ pub struct InstanceSpec {
     /// `/data/sub` below `/data` work). At most [`MAX_BIND_MOUNTS`].
     pub mounts: Vec<BindMount>,
     pub network: NetworkMode,
+    /// Ports Wharf listens on at `127.0.0.1` inside the instance's network namespace, bound
+    /// before its process starts (so that the process can connect at once): the Lambda Runtime
+    /// API. Taken with [`Instance::take_listener`].
+    pub listen: Vec<u16>,
     pub output: Arc<dyn OutputSink>,
     /// `None`: events only go to `tracing` (at `debug!`).
     pub events: Option<Arc<dyn EventSink>>,

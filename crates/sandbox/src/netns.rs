@@ -19,7 +19,7 @@ use std::sync::{Arc, mpsc};
 
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
 use rustix::thread::LinkNameSpaceType;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::oneshot;
 use tracing::{debug, error};
 
@@ -71,6 +71,15 @@ impl Connector {
         answer
             .await
             .map_err(|_| io::Error::other("the netns connector has stopped"))?
+    }
+
+    /// A listener on `127.0.0.1:port` inside `netns`.
+    pub async fn listen(&self, netns: &Arc<OwnedFd>, port: u16) -> io::Result<TcpListener> {
+        let fd = self.socket(netns).await?;
+        rustix::net::sockopt::set_socket_reuseaddr(&fd, true)?;
+        rustix::net::bind(&fd, &SocketAddr::from((Ipv4Addr::LOCALHOST, port)))?;
+        rustix::net::listen(&fd, 128)?;
+        TcpListener::from_std(std::net::TcpListener::from(fd))
     }
 
     /// Connect to `127.0.0.1:port` inside `netns`, with `TCP_NODELAY`.

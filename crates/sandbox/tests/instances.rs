@@ -19,6 +19,7 @@ use wharf_sandbox::{
 
 both_runtimes!(
     http_through_the_connector,
+    listeners_are_there_before_the_process,
     user_env_and_cwd,
     limits_in_the_cgroup,
     oom_kill_is_reported,
@@ -86,6 +87,37 @@ async fn http_through_the_connector(runtime: RuntimePreference) {
     for dir in cgroup_dirs_named(&env.parent) {
         assert!(!dir.join(&id).exists(), "{}", dir.join(&id).display());
     }
+    env.finish().await;
+}
+
+/// A port of `listen` is bound inside the instance before its process runs: a process that
+/// connects as its very first act reaches Wharf's listener (the Lambda Runtime API's case).
+async fn listeners_are_there_before_the_process(runtime: RuntimePreference) {
+    let env = Env::new(runtime);
+    let mut spec = env.spec(&["sh", "-c", "echo first-act | nc 127.0.0.1 9001"]);
+    spec.listen = vec![9001];
+    let inst = env.sandbox.start(spec).await.unwrap();
+    let listener = inst.take_listener(9001).expect("the listener asked for");
+    assert!(inst.take_listener(9001).is_none(), "taken once");
+    let (mut conn, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+        .await
+        .expect("the process connected")
+        .unwrap();
+    // Busybox's nc keeps the connection until the other side closes it: read the line, close.
+    let mut got = [0u8; 10];
+    tokio::time::timeout(Duration::from_secs(10), conn.read_exact(&mut got))
+        .await
+        .expect("the line came")
+        .unwrap();
+    assert_eq!(&got, b"first-act\n");
+    drop(conn);
+    let exit = tokio::time::timeout(Duration::from_secs(10), inst.exited())
+        .await
+        .expect("nc ended once the connection closed");
+    assert_eq!(exit, ExitInfo::Exited(0), "nc connected at its first try");
+    drop(listener);
+    let report = inst.stop(Duration::ZERO).await;
+    assert!(report.cleanup_errors.is_empty(), "{report:?}");
     env.finish().await;
 }
 

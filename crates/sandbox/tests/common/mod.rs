@@ -301,6 +301,7 @@ impl Env {
             forbid_root: false,
             mounts: vec![],
             network: Default::default(),
+            listen: vec![],
             output: self.lines.clone(),
             events: None,
         }
