@@ -14,11 +14,13 @@ pub mod apigw;
 mod fc;
 mod functiongraph;
 mod http_plain;
+pub mod lambda;
 mod scf;
 
 pub use fc::Fc;
 pub use functiongraph::FunctionGraph;
 pub use http_plain::Http;
+pub use lambda::Lambda;
 pub use scf::Scf;
 
 use std::fmt;
@@ -43,11 +45,13 @@ pub enum ContractKind {
     Functiongraph,
     Scf,
     Http,
+    Lambda,
 }
 
 impl ContractKind {
-    pub const SUPPORTED: &'static [&'static str] = &["fc", "functiongraph", "scf", "http"];
-    const PLANNED: &'static [&'static str] = &["lambda"];
+    pub const SUPPORTED: &'static [&'static str] =
+        &["fc", "functiongraph", "scf", "http", "lambda"];
+    const PLANNED: &'static [&'static str] = &[];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -55,6 +59,7 @@ impl ContractKind {
             ContractKind::Functiongraph => "functiongraph",
             ContractKind::Scf => "scf",
             ContractKind::Http => "http",
+            ContractKind::Lambda => "lambda",
         }
     }
 }
@@ -118,6 +123,7 @@ impl FromStr for ContractKind {
             "functiongraph" => Ok(ContractKind::Functiongraph),
             "scf" => Ok(ContractKind::Scf),
             "http" => Ok(ContractKind::Http),
+            "lambda" => Ok(ContractKind::Lambda),
             other if ContractKind::PLANNED.contains(&other) => {
                 Err(ParseContractError::NotYetSupported(other.to_string()))
             }
@@ -181,6 +187,7 @@ pub fn adapter(kind: ContractKind) -> Arc<dyn Contract> {
         ContractKind::Functiongraph => Arc::new(FunctionGraph),
         ContractKind::Scf => Arc::new(Scf),
         ContractKind::Http => Arc::new(Http),
+        ContractKind::Lambda => Arc::new(Lambda),
     }
 }
 
@@ -497,6 +504,12 @@ pub trait Contract: Send + Sync + 'static {
     fn log_marker(&self, _point: LogPoint, _request_id: &str) -> Option<String> {
         None
     }
+    /// Whether the image has no server but a runtime client that pulls its work from an API
+    /// Wharf serves inside the instance on the function's port (Lambda's Runtime API). The
+    /// instance is then ready when the client first asks for work, not when something listens.
+    fn pulls_work(&self) -> bool {
+        false
+    }
     /// Whether a caller's request may be passed through to an HTTP function; `Err` says what is
     /// wrong with it (FC: its header and URL limits, no `x-fc-*` headers from callers).
     fn check_http_call(&self, _call: &HttpCall) -> Result<(), String> {
@@ -516,21 +529,21 @@ mod tests {
             "functiongraph".parse::<ContractKind>(),
             Ok(ContractKind::Functiongraph)
         );
-        let e = "lambda".parse::<ContractKind>().unwrap_err();
         assert_eq!(
-            e.to_string(),
-            "contract `lambda` is not supported yet; supported: fc, functiongraph, scf, http"
+            ParseContractError::NotYetSupported("grpc".into()).to_string(),
+            "contract `grpc` is not supported yet; supported: fc, functiongraph, scf, http, lambda"
         );
         let e = "soap".parse::<ContractKind>().unwrap_err();
         assert_eq!(
             e.to_string(),
-            "unknown contract `soap`; supported: fc, functiongraph, scf, http"
+            "unknown contract `soap`; supported: fc, functiongraph, scf, http, lambda"
         );
         for kind in [
             ContractKind::Fc,
             ContractKind::Functiongraph,
             ContractKind::Scf,
             ContractKind::Http,
+            ContractKind::Lambda,
         ] {
             assert_eq!(kind.as_str().parse::<ContractKind>(), Ok(kind));
             assert_eq!(adapter(kind).kind(), kind);
