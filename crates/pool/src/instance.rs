@@ -16,6 +16,7 @@ use crate::connection::{Conn, ExchangeError};
 use crate::freeze::FreezeState;
 use crate::function::FunctionLog;
 use crate::function::Revision;
+use crate::runtime_api::{Readiness, RuntimeApi};
 use crate::{InvokeError, PoolInner, instance_spec};
 
 /// Writes what the function's user should know about its instances into the function's log:
@@ -47,6 +48,9 @@ pub(crate) struct PoolInstance {
     instance: Instance,
     /// The kept connection, checked out by the exchange using it.
     conn: Mutex<Option<Conn>>,
+    /// The Runtime API its client pulls work from, for a contract whose image pulls its work:
+    /// exchanges go there instead of to a connection.
+    runtime: Option<RuntimeApi>,
     initialized: AtomicBool,
     last_used: Mutex<Instant>,
     requests: AtomicU64,
@@ -63,6 +67,19 @@ pub(crate) struct PoolInstance {
     /// Keeps the image's layers (this instance's overlay lowerdirs) from being pruned until the
     /// instance is gone, also after its function was updated or removed.
     _image: ImageLease,
+}
+
+/// The error of an instance that never became ready, noted in the function's log.
+fn not_started(revision: &Revision, id: &str, message: String) -> InvokeError {
+    revision
+        .spec
+        .log
+        .system(id, &format!("instance did not start: {message}"));
+    InvokeError::NotStarted {
+        name: revision.spec.name.clone(),
+        port: revision.context.port,
+        message,
+    }
 }
 
 fn random_suffix() -> String {
@@ -119,18 +136,66 @@ impl PoolInstance {
                     name: name.clone(),
                     source: Box::new(source),
                 })?;
-        let port = revision.context.port;
         let deadline = pool
             .config
             .start_deadline
             .unwrap_or_else(|| revision.contract.start_deadline());
-        let listening = tokio::select! {
-            r = instance.wait_listening(port, deadline) => Some(r),
-            _ = pool.shutdown.cancelled() => None,
+        let started = if revision.contract.pulls_work() {
+            Self::client_ready(pool, &revision, &instance, &id, deadline).await
+        } else {
+            Self::server_ready(pool, &revision, &instance, &id, deadline).await
         };
-        let Some(listening) = listening else {
-            instance.stop(pool.config.stop_grace).await;
-            return Err(InvokeError::ShuttingDown);
+        let (conn, runtime) = match started {
+            Ok(ready) => ready,
+            Err(e) => {
+                let report = instance.stop(pool.config.stop_grace).await;
+                for e in report.cleanup_errors {
+                    warn!(instance = %id, error = %e, "cleanup after a failed start");
+                }
+                return Err(e);
+            }
+        };
+        let took = t0.elapsed();
+        spec.log.system(
+            &id,
+            &format!("instance started in {:.1} ms", took.as_secs_f64() * 1e3),
+        );
+        debug!(instance = %id, ms = took.as_secs_f64() * 1e3, "instance ready");
+        let started = Arc::new(PoolInstance {
+            revision,
+            instance,
+            conn: Mutex::new(conn),
+            runtime,
+            initialized: AtomicBool::new(false),
+            last_used: Mutex::new(Instant::now()),
+            requests: AtomicU64::new(0),
+            stop_noted: AtomicBool::new(false),
+            in_use: AtomicBool::new(true),
+            stopping: AtomicBool::new(false),
+            freeze: FreezeState::default(),
+            healthy: AtomicBool::new(true),
+            _image: lease,
+        });
+        if started.runtime.is_none() {
+            let probe = started.clone();
+            pool.tasks
+                .spawn(async move { probe.warn_if_loopback_only().await });
+        }
+        Ok((started, took))
+    }
+
+    /// Waits until the instance's server listens on the function's port: its first connection.
+    async fn server_ready(
+        pool: &PoolInner,
+        revision: &Revision,
+        instance: &Instance,
+        id: &str,
+        deadline: Duration,
+    ) -> Result<(Option<Conn>, Option<RuntimeApi>), InvokeError> {
+        let port = revision.context.port;
+        let listening = tokio::select! {
+            r = instance.wait_listening(port, deadline) => r,
+            _ = pool.shutdown.cancelled() => return Err(InvokeError::ShuttingDown),
         };
         let stream = match listening {
             Ok(stream) => stream,
@@ -146,54 +211,73 @@ impl PoolInstance {
                         .contract
                         .not_started_message(port, deadline, &output),
                 };
-                spec.log
-                    .system(&id, &format!("instance did not start: {message}"));
-                let report = instance.stop(pool.config.stop_grace).await;
-                for e in report.cleanup_errors {
-                    warn!(instance = %id, error = %e, "cleanup after a failed start");
-                }
-                return Err(InvokeError::NotStarted {
-                    name: name.clone(),
-                    port,
-                    message,
-                });
+                return Err(not_started(revision, id, message));
             }
         };
-        let conn = match Conn::open(stream).await {
-            Ok(c) => c,
-            Err(e) => {
-                instance.stop(pool.config.stop_grace).await;
-                return Err(InvokeError::Unreachable {
-                    name: name.clone(),
-                    instance: id,
-                    reason: e.to_string(),
-                });
+        let conn = Conn::open(stream)
+            .await
+            .map_err(|e| InvokeError::Unreachable {
+                name: revision.spec.name.clone(),
+                instance: id.to_string(),
+                reason: e.to_string(),
+            })?;
+        Ok((Some(conn), None))
+    }
+
+    /// Serves the Runtime API in the instance and waits until its client asks for work.
+    async fn client_ready(
+        pool: &PoolInner,
+        revision: &Revision,
+        instance: &Instance,
+        id: &str,
+        deadline: Duration,
+    ) -> Result<(Option<Conn>, Option<RuntimeApi>), InvokeError> {
+        let port = revision.context.port;
+        let listener = instance
+            .take_listener(port)
+            .ok_or_else(|| InvokeError::Internal {
+                name: revision.spec.name.clone(),
+                reason: format!("instance {id} has no Runtime API listener on port {port}"),
+            })?;
+        let api = RuntimeApi::serve(listener, &pool.tasks, revision.spec.timeout);
+        let readiness = tokio::select! {
+            r = tokio::time::timeout(deadline, api.ready()) => r.ok(),
+            exit = instance.exited() => {
+                let message = format!(
+                    "the instance exited ({exit}) before its runtime client asked for work. \
+                     Logs: {}",
+                    wharf_contract::printed(&instance.recent_output())
+                );
+                return Err(not_started(revision, id, message));
             }
+            _ = pool.shutdown.cancelled() => return Err(InvokeError::ShuttingDown),
         };
-        let took = t0.elapsed();
-        spec.log.system(
-            &id,
-            &format!("instance started in {:.1} ms", took.as_secs_f64() * 1e3),
-        );
-        debug!(instance = %id, ms = took.as_secs_f64() * 1e3, "instance ready");
-        let started = Arc::new(PoolInstance {
-            revision,
-            instance,
-            conn: Mutex::new(Some(conn)),
-            initialized: AtomicBool::new(false),
-            last_used: Mutex::new(Instant::now()),
-            requests: AtomicU64::new(0),
-            stop_noted: AtomicBool::new(false),
-            in_use: AtomicBool::new(true),
-            stopping: AtomicBool::new(false),
-            freeze: FreezeState::default(),
-            healthy: AtomicBool::new(true),
-            _image: lease,
-        });
-        let probe = started.clone();
-        pool.tasks
-            .spawn(async move { probe.warn_if_loopback_only().await });
-        Ok((started, took))
+        match readiness {
+            Some(Readiness::Ready) => Ok((None, Some(api))),
+            Some(Readiness::InitFailed(why)) => {
+                let reason = format!(
+                    "the runtime client reported that its init failed: {why}; the instance is \
+                     stopped"
+                );
+                revision
+                    .spec
+                    .log
+                    .system(id, &format!("instance did not start: {reason}"));
+                Err(InvokeError::InitializeFailed {
+                    name: revision.spec.name.clone(),
+                    instance: id.to_string(),
+                    reason,
+                    restarted: true,
+                })
+            }
+            Some(Readiness::Waiting) | None => {
+                let output = instance.recent_output();
+                let message = revision
+                    .contract
+                    .not_started_message(port, deadline, &output);
+                Err(not_started(revision, id, message))
+            }
+        }
     }
 
     /// A server bound to 127.0.0.1 works here (Wharf connects through the instance's own
@@ -287,6 +371,18 @@ impl PoolInstance {
         req: ContractRequest,
         limit: usize,
     ) -> Result<(http::response::Parts, Bytes), ExchangeError> {
+        if let Some(api) = &self.runtime {
+            // The client answers through the API, or its instance ends (a crash, OOM).
+            return tokio::select! {
+                answer = api.exchange(req) => match answer {
+                    Ok((_, body)) if body.len() > limit => Err(ExchangeError::TooLarge),
+                    other => other,
+                },
+                exit = self.instance.exited() => Err(ExchangeError::Broken(format!(
+                    "the instance exited ({exit}) during the invocation"
+                ))),
+            };
+        }
         let kept = self.conn.lock().unwrap_or_else(|e| e.into_inner()).take();
         let req = match kept {
             Some(mut conn) if !conn.is_closed() => {
@@ -369,6 +465,9 @@ impl PoolInstance {
             self.pre_stop().await;
         }
         let report = self.instance.stop(grace).await;
+        if let Some(api) = &self.runtime {
+            api.stop();
+        }
         if self.stop_noted.swap(true, Ordering::AcqRel) {
             return;
         }

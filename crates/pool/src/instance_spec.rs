@@ -6,7 +6,8 @@
 //!   As in Kubernetes, a `command` without `args` drops the image's CMD too (a CMD written for
 //!   one entrypoint rarely makes sense for another).
 //! - **Environment**: the image's, then the contract's, then the function's; a later one wins
-//!   for the same name. (The sandbox adds `PATH` and `HOME` when nobody sets them.)
+//!   for the same name. A `lambda` function's `_HANDLER` is the first word of its CMD (or
+//!   `args`). (The sandbox adds `PATH` and `HOME` when nobody sets them.)
 //! - **Directory**: the function's `working_dir`, else the image's `WorkingDir`, else `/`.
 //! - **User**: the function's `uid`/`gid`, else the contract's default, else the image's `USER`,
 //!   else root. A `uid` without `gid` runs with `gid = uid`, never with the root group. Where the
@@ -98,7 +99,14 @@ pub(crate) fn build(
         .env
         .iter()
         .map(|kv| kv.split_once('=').unwrap_or((kv.as_str(), "")));
-    let contract_env = revision.contract.environment(&revision.context);
+    let mut contract_env = revision.contract.environment(&revision.context);
+    // Lambda's `_HANDLER` is the image's CMD (or the function's `args`): `app.handler` of
+    // `ENTRYPOINT ["python", "-m", "awslambdaric"]` + `CMD ["app.handler"]`.
+    if revision.contract.kind() == wharf_contract::ContractKind::Lambda
+        && let Some(handler) = spec.args.as_deref().unwrap_or(&image.config.cmd).first()
+    {
+        contract_env.push(("_HANDLER".into(), handler.clone()));
+    }
     let env = merge_env(
         image_env
             .chain(contract_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -129,6 +137,11 @@ pub(crate) fn build(
         forbid_root: !revision.contract.root_allowed(),
         mounts: spec.mounts.clone(),
         network: spec.network,
+        listen: if revision.contract.pulls_work() {
+            vec![revision.context.port]
+        } else {
+            Vec::new()
+        },
         output: spec.log.clone(),
         events: Some(events),
     })

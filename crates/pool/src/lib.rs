@@ -24,6 +24,7 @@ pub mod instance_spec;
 mod invoke;
 mod reap;
 mod report;
+mod runtime_api;
 
 pub use error::{DeployError, InvokeError};
 pub use function::{FunctionLog, FunctionSpec};
