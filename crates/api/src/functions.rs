@@ -26,6 +26,9 @@ pub const NAME_MAX_LEN: usize = 60;
 pub const COMMAND_MAX_CHARS: usize = 5120;
 pub const MEMORY_MB_RANGE: (i64, i64) = (64, 32 * 1024);
 pub const TIMEOUT_S_RANGE: (i64, i64) = (1, 86_400);
+/// Lambda's own limits, for `lambda` functions.
+pub const LAMBDA_MEMORY_MB_RANGE: (i64, i64) = (128, 10_240);
+pub const LAMBDA_TIMEOUT_S_RANGE: (i64, i64) = (1, 900);
 pub const INITIALIZER_TIMEOUT_S_RANGE: (i64, i64) = (1, 300);
 pub const INITIALIZER_DEFAULT_TIMEOUT_S: u32 = 3;
 /// The pre-freeze and pre-stop hooks' timeouts.
@@ -265,13 +268,17 @@ pub fn validate(req: FunctionRequest) -> Result<ValidFunction, ApiError> {
         None => adapter.default_port(),
         Some(p) => in_range("port", p, (1, 65535), "")? as u16,
     };
+    let (memory_range, timeout_range) = match contract {
+        ContractKind::Lambda => (LAMBDA_MEMORY_MB_RANGE, LAMBDA_TIMEOUT_S_RANGE),
+        _ => (MEMORY_MB_RANGE, TIMEOUT_S_RANGE),
+    };
     let memory_mb = match req.memory_mb {
         None => DEFAULT_MEMORY_MB,
-        Some(m) => in_range("memory_mb", m, MEMORY_MB_RANGE, " MB")? as u32,
+        Some(m) => in_range("memory_mb", m, memory_range, " MB")? as u32,
     };
     let timeout_s = match req.timeout_s {
         None => DEFAULT_TIMEOUT_S,
-        Some(t) => in_range("timeout_s", t, TIMEOUT_S_RANGE, " seconds")? as u32,
+        Some(t) => in_range("timeout_s", t, timeout_range, " seconds")? as u32,
     };
     let env = req.env.unwrap_or_default();
     let mut env_bytes = 0;
@@ -948,8 +955,12 @@ mod tests {
                 "port: 70000 is out of range",
             ),
             (
-                serde_json::json!({"image": "x", "contract": "lambda"}),
-                "contract: contract `lambda` is not supported yet",
+                serde_json::json!({"image": "x", "contract": "lambda", "memory_mb": 64}),
+                "memory_mb: 64 is out of range: must be between 128 and 10240 MB",
+            ),
+            (
+                serde_json::json!({"image": "x", "contract": "lambda", "timeout_s": 901}),
+                "timeout_s: 901 is out of range: must be between 1 and 900 seconds",
             ),
             (
                 serde_json::json!({"image": "x", "contract": "functiongraph", "uid": 0}),
