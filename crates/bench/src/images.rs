@@ -17,7 +17,7 @@ use serde_json::json;
 use sha2::{Digest as _, Sha256};
 use wharf_test_support::oci::{
     BuiltImage, Compression, Entry, ImageBuilder, Layer, OCI_CONFIG, OCI_MANIFEST, Pusher,
-    binary_layer, sha256_digest,
+    binary_layer, sha256_digest, tree_entries,
 };
 
 use crate::progress;
@@ -76,6 +76,7 @@ pub fn node_image(cache: &Path) -> anyhow::Result<BuiltImage> {
     tree_entries(
         &app_dir.join("node_modules"),
         "app/node_modules",
+        &|_| true,
         &mut entries,
     )?;
     ImageBuilder::new()
@@ -88,28 +89,6 @@ pub fn node_image(cache: &Path) -> anyhow::Result<BuiltImage> {
 }
 
 /// Entries for everything under `dir`, at `prefix` in the image (sorted, reproducible).
-fn tree_entries(dir: &Path, prefix: &str, out: &mut Vec<Entry>) -> anyhow::Result<()> {
-    out.push(Entry::dir(prefix));
-    let mut children: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
-    children.sort_by_key(|e| e.file_name());
-    for child in children {
-        let name = child.file_name();
-        let path = format!("{prefix}/{}", name.to_string_lossy());
-        let meta = std::fs::symlink_metadata(child.path())?;
-        if meta.is_symlink() {
-            let target = std::fs::read_link(child.path())?;
-            out.push(Entry::symlink(&path, &target.to_string_lossy()));
-        } else if meta.is_dir() {
-            tree_entries(&child.path(), &path, out)?;
-        } else if meta.is_file() {
-            use std::os::unix::fs::PermissionsExt as _;
-            let mode = meta.permissions().mode() & 0o777;
-            out.push(Entry::file_mode(&path, std::fs::read(child.path())?, mode));
-        }
-    }
-    Ok(())
-}
-
 pub fn which(program: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?
         .to_str()?

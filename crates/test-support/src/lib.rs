@@ -9,6 +9,7 @@
 //!   of what each request carried.
 //! - [`netns`]: a network namespace of the test's own with a server in it, for outbound traffic.
 //! - [`testfn`]: the test function (`wharf-testfn`) packed as an image.
+//! - [`lambda`]: the lambda contract's images (AWS's Rust and Python runtime clients).
 //! - [`daemon`]: a real `wharf serve` with its own data directory, stopped on drop, and the
 //!   check for what it leaves on the host.
 //! - [`env`]: the usual black-box set-up (a registry with the test function, a daemon) and its
@@ -18,6 +19,7 @@
 pub mod daemon;
 pub mod env;
 pub mod front;
+pub mod lambda;
 pub mod netns;
 pub mod oci;
 pub mod registry;

@@ -844,6 +844,50 @@ impl Pusher {
     }
 }
 
+/// The entries of the host directory `dir` and everything below it, at `prefix` in the image
+/// (modes kept, symlinks as symlinks), leaving out what `keep` refuses (given the path below
+/// `dir`, e.g. `__pycache__` or `lib/test`).
+pub fn tree_entries(
+    dir: &Path,
+    prefix: &str,
+    keep: &dyn Fn(&Path) -> bool,
+    out: &mut Vec<Entry>,
+) -> anyhow::Result<()> {
+    fn walk(
+        root: &Path,
+        dir: &Path,
+        prefix: &str,
+        keep: &dyn Fn(&Path) -> bool,
+        out: &mut Vec<Entry>,
+    ) -> anyhow::Result<()> {
+        out.push(Entry::dir(prefix));
+        let mut children: Vec<_> = std::fs::read_dir(dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .collect::<Result<_, _>>()?;
+        children.sort_by_key(|e| e.file_name());
+        for child in children {
+            let host = child.path();
+            if !keep(host.strip_prefix(root).unwrap_or(&host)) {
+                continue;
+            }
+            let path = format!("{prefix}/{}", child.file_name().to_string_lossy());
+            let meta = std::fs::symlink_metadata(&host)?;
+            if meta.is_symlink() {
+                let target = std::fs::read_link(&host)?;
+                out.push(Entry::symlink(&path, &target.to_string_lossy()));
+            } else if meta.is_dir() {
+                walk(root, &host, &path, keep, out)?;
+            } else if meta.is_file() {
+                use std::os::unix::fs::PermissionsExt as _;
+                let mode = meta.permissions().mode() & 0o777;
+                out.push(Entry::file_mode(&path, std::fs::read(&host)?, mode));
+            }
+        }
+        Ok(())
+    }
+    walk(dir, dir, prefix.trim_start_matches('/'), keep, out)
+}
+
 /// A layer holding `host_binary` at `image_path` plus every shared library `ldd` lists for it
 /// (at the paths the dynamic loader will look for them), so that a dynamically linked host
 /// binary runs inside an image that has nothing else.

@@ -12,41 +12,50 @@ pub const TESTFN_PATH: &str = "/testfn";
 
 /// The `wharf-testfn` binary cargo built next to the running test (or `$WHARF_TESTFN`).
 pub fn testfn_binary() -> anyhow::Result<PathBuf> {
-    if let Some(p) = std::env::var_os("WHARF_TESTFN") {
+    built_binary("wharf-testfn", "WHARF_TESTFN", "wharf-test-support")
+}
+
+/// The binary `name` of the workspace that cargo built next to the running test (or `$var`).
+pub fn built_binary(name: &str, var: &str, package: &str) -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os(var) {
         return Ok(PathBuf::from(p));
     }
     // Tests run from target/<profile>/deps/; binaries live in target/<profile>/.
     let exe = std::env::current_exe()?;
     for dir in exe.ancestors().skip(1).take(3) {
-        let candidate = dir.join("wharf-testfn");
+        let candidate = dir.join(name);
         if candidate.is_file() {
             return Ok(candidate);
         }
     }
     bail!(
-        "wharf-testfn was not built next to {} (run the tests with `cargo nextest run \
-         --workspace` or `cargo build -p wharf-test-support`), or set WHARF_TESTFN",
+        "{name} was not built next to {} (run the tests with `cargo nextest run --workspace` \
+         or `cargo build -p {package}`), or set {var}",
         exe.display()
     )
+}
+
+/// A copy of `binary` without its symbols in `dir` (the image stays small), or `binary` itself
+/// without binutils.
+pub(crate) fn stripped(binary: &Path, dir: &Path) -> PathBuf {
+    let out = dir.join(binary.file_name().unwrap_or_else(|| "binary".as_ref()));
+    match Command::new("strip")
+        .arg("-o")
+        .arg(&out)
+        .arg(binary)
+        .status()
+    {
+        Ok(s) if s.success() => out,
+        _ => binary.to_path_buf(),
+    }
 }
 
 /// The test function as an image: the binary (stripped, so the layer stays small) and the
 /// libraries it links, entrypoint `/testfn`, nothing else.
 pub fn testfn_image(binary: &Path) -> anyhow::Result<BuiltImage> {
     let dir = tempfile::tempdir()?;
-    let stripped = dir.path().join("testfn");
-    let status = Command::new("strip")
-        .arg("-o")
-        .arg(&stripped)
-        .arg(binary)
-        .status();
-    let source = match status {
-        Ok(s) if s.success() => stripped.as_path(),
-        // Without binutils the image is just bigger.
-        _ => binary,
-    };
     ImageBuilder::new()
-        .layer(binary_layer(source, TESTFN_PATH)?)
+        .layer(binary_layer(&stripped(binary, dir.path()), TESTFN_PATH)?)
         .entrypoint([TESTFN_PATH])
         .env("TESTFN_IMAGE=1")
         .build()
