@@ -9,21 +9,17 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{bail, ensure};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
+use wharf_test_support::node::EXPRESS;
 use wharf_test_support::oci::{
-    BuiltImage, Compression, Entry, ImageBuilder, Layer, OCI_CONFIG, OCI_MANIFEST, Pusher,
-    binary_layer, sha256_digest, tree_entries,
+    BuiltImage, Entry, Layer, OCI_CONFIG, OCI_MANIFEST, Pusher, sha256_digest,
 };
 
 use crate::progress;
-
-/// The Express version the Node image installs.
-const EXPRESS: &str = "express@4.21.2";
 
 /// The Node function: FC's `POST /initialize` and `POST /invoke` (answers the body) on 9000.
 const APP_JS: &str = r#"'use strict';
@@ -40,61 +36,11 @@ process.on('SIGTERM', () => process.exit(0));
 
 /// The Node/Express image, with `express` from (or installed into) `cache`.
 pub fn node_image(cache: &Path) -> anyhow::Result<BuiltImage> {
-    let node = which("node").context("node is not installed")?;
-    let app_dir = cache.join("node-express");
-    let marker = app_dir.join("node_modules/express/package.json");
-    if !marker.exists() {
-        progress!("installing {EXPRESS} with npm into {}", app_dir.display());
-        std::fs::create_dir_all(&app_dir)?;
-        std::fs::write(app_dir.join("package.json"), "{\"private\": true}\n")?;
-        let out = Command::new("npm")
-            .args([
-                "install",
-                "--no-audit",
-                "--no-fund",
-                "--omit=dev",
-                "--loglevel=error",
-                EXPRESS,
-            ])
-            .current_dir(&app_dir)
-            .output()
-            .context("running npm")?;
-        ensure!(
-            out.status.success() && marker.exists(),
-            "npm install {EXPRESS} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let mut entries = vec![
-        Entry::dir("app"),
-        Entry::file("app/app.js", APP_JS),
-        Entry::file(
-            "app/package.json",
-            std::fs::read(app_dir.join("package.json"))?,
-        ),
-    ];
-    tree_entries(
-        &app_dir.join("node_modules"),
-        "app/node_modules",
-        &|_| true,
-        &mut entries,
-    )?;
-    ImageBuilder::new()
-        .layer(binary_layer(&node, "/usr/bin/node")?.compression(Compression::Zstd))
-        .layer(Layer::new(entries))
-        .entrypoint(["/usr/bin/node", "/app/app.js"])
-        .working_dir("/app")
-        .env("NODE_ENV=production")
-        .build()
-}
-
-/// Entries for everything under `dir`, at `prefix` in the image (sorted, reproducible).
-pub fn which(program: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join(program))
-        .find(|p| p.is_file())
+    progress!(
+        "building the Node/Express image ({EXPRESS}, cache {})",
+        cache.display()
+    );
+    wharf_test_support::node::express_image(APP_JS, cache)
 }
 
 /// Sizes of the layers of the pull image, in MiB: a base, a runtime, dependencies, the app.

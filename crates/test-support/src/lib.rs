@@ -9,6 +9,7 @@
 //!   of what each request carried.
 //! - [`netns`]: a network namespace of the test's own with a server in it, for outbound traffic.
 //! - [`testfn`]: the test function (`wharf-testfn`) packed as an image.
+//! - [`node`]: Node/Express function images (the host's node, express from npm).
 //! - [`lambda`]: the lambda contract's images (AWS's Rust and Python runtime clients).
 //! - [`daemon`]: a real `wharf serve` with its own data directory, stopped on drop, and the
 //!   check for what it leaves on the host.
@@ -21,6 +22,7 @@ pub mod env;
 pub mod front;
 pub mod lambda;
 pub mod netns;
+pub mod node;
 pub mod oci;
 pub mod registry;
 pub mod staged;
