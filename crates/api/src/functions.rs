@@ -254,11 +254,27 @@ pub fn validate(req: FunctionRequest) -> Result<ValidFunction, ApiError> {
         (None, ContractKind::Http) => FunctionMode::Http,
         (None, _) => FunctionMode::Event,
         (Some(m), kind) => match m.parse().map_err(|e| ApiError::invalid("mode", e))? {
-            FunctionMode::Event if kind == ContractKind::Http => {
+            FunctionMode::Event | FunctionMode::Job if kind == ContractKind::Http => {
                 return Err(ApiError::invalid(
                     "mode",
                     "an http function is an HTTP server that gets requests passed through: \
                      leave mode out (or set \"http\")",
+                ));
+            }
+            FunctionMode::Job if adapter.job_event_variable().is_none() => {
+                return Err(ApiError::invalid(
+                    "mode",
+                    format!(
+                        "contract {kind} has no job mode (images with no server are an fc and \
+                         scf feature)"
+                    ),
+                ));
+            }
+            FunctionMode::Http if kind == ContractKind::Lambda => {
+                return Err(ApiError::invalid(
+                    "mode",
+                    "a lambda function pulls its events from the Runtime API; put an HTTP \
+                     function under the http contract",
                 ));
             }
             m => m,
@@ -379,6 +395,20 @@ pub fn validate(req: FunctionRequest) -> Result<ValidFunction, ApiError> {
         req.pre_stop,
         (HOOK_TIMEOUT_S_RANGE, HOOK_DEFAULT_TIMEOUT_S),
     )?;
+    if mode == FunctionMode::Job {
+        for (field, set) in [
+            ("initializer", initializer.is_some()),
+            ("pre_freeze", pre_freeze.is_some()),
+            ("pre_stop", pre_stop.is_some()),
+        ] {
+            if set {
+                return Err(ApiError::invalid(
+                    field,
+                    "a job has no server to call hooks on; leave it out",
+                ));
+            }
+        }
+    }
     let disk_mb = match req.disk_mb {
         None => default_disk_mb(memory_mb),
         Some(d) => in_range("disk_mb", d, DISK_MB_RANGE, " MB")? as u32,
@@ -969,7 +999,15 @@ mod tests {
             ),
             (
                 serde_json::json!({"image": "x", "mode": "rest"}),
-                "mode: unknown mode `rest`; use `event` or `http`",
+                "mode: unknown mode `rest`; use `event`, `http` or `job`",
+            ),
+            (
+                serde_json::json!({"image": "x", "contract": "functiongraph", "mode": "job"}),
+                "mode: contract functiongraph has no job mode",
+            ),
+            (
+                serde_json::json!({"image": "x", "mode": "job", "initializer": {}}),
+                "initializer: a job has no server to call hooks on",
             ),
             (
                 serde_json::json!({"image": "x", "contract": "http", "mode": "event"}),

@@ -103,6 +103,17 @@ async fn serve(app: &App, name: &str, request_id: &str, call: HttpCall) -> Respo
             .invoke_http(name, request_id, call)
             .await
             .map(response_of),
+        FunctionMode::Job => {
+            return ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "InvalidArgument",
+                format!(
+                    "function {name} is a job (an image with no server): it cannot be behind an \
+                     HTTP trigger; invoke it with POST /v1/functions/{name}/invoke"
+                ),
+            )
+            .into_response();
+        }
         FunctionMode::Event => {
             let event = apigw::event(&call, request_id);
             match app.pool.invoke(name, request_id, event).await {

@@ -183,6 +183,10 @@ impl Contract for Fc {
         !n.starts_with("x-fc-") && !RESERVED_RESPONSE_HEADERS.contains(&n)
     }
 
+    fn job_event_variable(&self) -> Option<&'static str> {
+        Some("FC_CUSTOM_CONTAINER_EVENT")
+    }
+
     fn not_started_message(&self, port: u16, deadline: Duration, output: &str) -> String {
         let logs = crate::printed(output);
         format!(

@@ -64,15 +64,18 @@ impl ContractKind {
     }
 }
 
-/// How a function is called: with events (the contract's invoke request carries each), or as an
+/// How a function is called: with events (the contract's invoke request carries each), as an
 /// HTTP server that gets its callers' requests passed through (FC's HTTP functions, SCF's web
-/// functions, FunctionGraph's HTTP functions, every `http` function).
+/// functions, FunctionGraph's HTTP functions, every `http` function), or as a job: an image with
+/// no server, run once per event (given in the contract's variable) until it exits (FC's and
+/// SCF's no-server mode).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FunctionMode {
     #[default]
     Event,
     Http,
+    Job,
 }
 
 impl FunctionMode {
@@ -80,6 +83,7 @@ impl FunctionMode {
         match self {
             FunctionMode::Event => "event",
             FunctionMode::Http => "http",
+            FunctionMode::Job => "job",
         }
     }
 }
@@ -96,7 +100,10 @@ impl FromStr for FunctionMode {
         match s {
             "event" => Ok(FunctionMode::Event),
             "http" => Ok(FunctionMode::Http),
-            other => Err(format!("unknown mode `{other}`; use `event` or `http`")),
+            "job" => Ok(FunctionMode::Job),
+            other => Err(format!(
+                "unknown mode `{other}`; use `event`, `http` or `job`"
+            )),
         }
     }
 }
@@ -358,7 +365,8 @@ pub(crate) fn for_mode(
     http: impl FnOnce() -> RequestTemplate,
 ) -> (RequestTemplate, Option<RequestTemplate>) {
     match mode {
-        FunctionMode::Event => (event(), None),
+        // A job gets its event in a variable; the request is never sent.
+        FunctionMode::Event | FunctionMode::Job => (event(), None),
         FunctionMode::Http => {
             let t = http().at("/");
             (t.clone(), Some(t))
@@ -509,6 +517,11 @@ pub trait Contract: Send + Sync + 'static {
     /// instance is then ready when the client first asks for work, not when something listens.
     fn pulls_work(&self) -> bool {
         false
+    }
+    /// The variable that carries a job's event, for a contract with a no-server mode (FC:
+    /// `FC_CUSTOM_CONTAINER_EVENT`, SCF: `SCF_CUSTOM_CONTAINER_EVENT`); `None`: no job mode.
+    fn job_event_variable(&self) -> Option<&'static str> {
+        None
     }
     /// Whether a caller's request may be passed through to an HTTP function; `Err` says what is
     /// wrong with it (FC: its header and URL limits, no `x-fc-*` headers from callers).

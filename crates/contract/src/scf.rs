@@ -133,6 +133,10 @@ impl Contract for Scf {
 
     /// SCF's own text, word for word (its missing space included), then what the instance
     /// printed.
+    fn job_event_variable(&self) -> Option<&'static str> {
+        Some("SCF_CUSTOM_CONTAINER_EVENT")
+    }
+
     fn not_started_message(&self, port: u16, deadline: Duration, output: &str) -> String {
         format!(
             "The request timed out in {}ms.Please confirm your http server have enabled \

@@ -69,6 +69,60 @@ pub(crate) struct PoolInstance {
     _image: ImageLease,
 }
 
+/// Pulls the image if it is not in the store, and starts a sandboxed instance of `revision`
+/// with `extra_env` over its environment (a job's event). Returns it with the lease that keeps
+/// its image's layers.
+pub(crate) async fn launch(
+    pool: &PoolInner,
+    revision: &Arc<Revision>,
+    extra_env: &[(String, String)],
+) -> Result<(Instance, ImageLease), InvokeError> {
+    let spec = &revision.spec;
+    let name = &spec.name;
+    // Before looking: a prune then either ran already (and the image is pulled again) or
+    // keeps it.
+    let lease = pool.images.lease(&spec.image_pinned).await;
+    let image = match pool.images.get(&spec.image_pinned) {
+        Ok(Some(image)) => image,
+        // Deployed with `prepull: false`, or the layers were removed since.
+        // A shutdown does not wait for the pull: what it downloaded so far is in the image
+        // store's tmp/, which the next start empties.
+        Ok(None) => {
+            tracing::info!(function = %name, image = %spec.image_pinned, "pulling the image for a cold start");
+            let pulled = tokio::select! {
+                pulled = pool.images.pull(&spec.image_pinned, &spec.registry_auth) => pulled,
+                () = pool.shutdown.cancelled() => return Err(InvokeError::ShuttingDown),
+            };
+            pulled.map_err(|source| InvokeError::Image {
+                name: name.clone(),
+                source: Box::new(source),
+            })?
+        }
+        Err(source) => {
+            return Err(InvokeError::Image {
+                name: name.clone(),
+                source: Box::new(source),
+            });
+        }
+    };
+    let id = format!("{name}-{}", random_suffix());
+    let events = Arc::new(LogEvents {
+        log: spec.log.clone(),
+        memory_mb: spec.memory_mb,
+    });
+    let instance_spec =
+        instance_spec::build(revision, &image, &pool.config, &id, events, extra_env)?;
+    let instance =
+        pool.sandbox
+            .start(instance_spec)
+            .await
+            .map_err(|source| InvokeError::StartFailed {
+                name: name.clone(),
+                source: Box::new(source),
+            })?;
+    Ok((instance, lease))
+}
+
 /// The error of an instance that never became ready, noted in the function's log.
 fn not_started(revision: &Revision, id: &str, message: String) -> InvokeError {
     revision
@@ -94,48 +148,9 @@ impl PoolInstance {
         revision: Arc<Revision>,
     ) -> Result<(Arc<PoolInstance>, Duration), InvokeError> {
         let t0 = Instant::now();
+        let (instance, lease) = launch(pool, &revision, &[]).await?;
+        let id = instance.id().to_string();
         let spec = &revision.spec;
-        let name = &spec.name;
-        // Before looking: a prune then either ran already (and the image is pulled again) or
-        // keeps it.
-        let lease = pool.images.lease(&spec.image_pinned).await;
-        let image = match pool.images.get(&spec.image_pinned) {
-            Ok(Some(image)) => image,
-            // Deployed with `prepull: false`, or the layers were removed since.
-            // A shutdown does not wait for the pull: what it downloaded so far is in the image
-            // store's tmp/, which the next start empties.
-            Ok(None) => {
-                tracing::info!(function = %name, image = %spec.image_pinned, "pulling the image for a cold start");
-                let pulled = tokio::select! {
-                    pulled = pool.images.pull(&spec.image_pinned, &spec.registry_auth) => pulled,
-                    () = pool.shutdown.cancelled() => return Err(InvokeError::ShuttingDown),
-                };
-                pulled.map_err(|source| InvokeError::Image {
-                    name: name.clone(),
-                    source: Box::new(source),
-                })?
-            }
-            Err(source) => {
-                return Err(InvokeError::Image {
-                    name: name.clone(),
-                    source: Box::new(source),
-                });
-            }
-        };
-        let id = format!("{name}-{}", random_suffix());
-        let events = Arc::new(LogEvents {
-            log: spec.log.clone(),
-            memory_mb: spec.memory_mb,
-        });
-        let instance_spec = instance_spec::build(&revision, &image, &pool.config, &id, events)?;
-        let instance =
-            pool.sandbox
-                .start(instance_spec)
-                .await
-                .map_err(|source| InvokeError::StartFailed {
-                    name: name.clone(),
-                    source: Box::new(source),
-                })?;
         let deadline = pool
             .config
             .start_deadline

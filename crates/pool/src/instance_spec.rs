@@ -6,7 +6,7 @@
 //!   As in Kubernetes, a `command` without `args` drops the image's CMD too (a CMD written for
 //!   one entrypoint rarely makes sense for another).
 //! - **Environment**: the image's, then the contract's, then the function's; a later one wins
-//!   for the same name. A `lambda` function's `_HANDLER` is the first word of its CMD (or
+//!   for the same name; a job's event variable last. A `lambda` function's `_HANDLER` is the first word of its CMD (or
 //!   `args`). (The sandbox adds `PATH` and `HOME` when nobody sets them.)
 //! - **Directory**: the function's `working_dir`, else the image's `WorkingDir`, else `/`.
 //! - **User**: the function's `uid`/`gid`, else the contract's default, else the image's `USER`,
@@ -80,6 +80,7 @@ pub(crate) fn build(
     config: &PoolConfig,
     id: &str,
     events: Arc<dyn EventSink>,
+    extra_env: &[(String, String)],
 ) -> Result<InstanceSpec, InvokeError> {
     let spec = &revision.spec;
     let args = argv(
@@ -110,7 +111,8 @@ pub(crate) fn build(
     let env = merge_env(
         image_env
             .chain(contract_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .chain(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
+            .chain(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .chain(extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
     );
     let cwd = spec
         .working_dir

@@ -47,7 +47,7 @@ pub struct Invocation {
 
 /// What an invocation sends the function.
 #[derive(Debug)]
-enum Call {
+pub(crate) enum Call {
     /// An event, in the contract's invoke request.
     Event(Bytes),
     /// A caller's request, passed through to an HTTP function.
@@ -117,6 +117,9 @@ async fn invoke(
     request_id: String,
     call: Call,
 ) -> Result<Invocation, InvokeError> {
+    if fp.revision().spec.mode == FunctionMode::Job {
+        return crate::job::run(pool, fp, request_id, call).await;
+    }
     let started_at = SystemTime::now();
     let t0 = Instant::now();
     if let Call::Http(http) = &call {
@@ -205,7 +208,8 @@ async fn invoke(
     let result = serve(&instance, &request_id, call, &mut sent).await;
     // Before the release: a failed instance is stopped after it, and its memory peak with it.
     finish(
-        &instance,
+        &instance.revision,
+        instance.sandbox(),
         &request_id,
         started_at,
         init_duration,
@@ -229,17 +233,18 @@ async fn invoke(
     })
 }
 
-/// The end of an invocation an instance served: once what the function printed is in its log,
-/// the vendor's end marker, `END` and `REPORT` (when the event was sent), and the record.
-async fn finish(
-    instance: &PoolInstance,
+/// The end of an invocation `instance` (of `revision`) served: once what the function printed
+/// is in its log, the vendor's end marker, `END` and `REPORT` (when the event was sent), and the
+/// record.
+pub(crate) async fn finish(
+    revision: &Revision,
+    instance: &wharf_sandbox::Instance,
     request_id: &str,
     started_at: SystemTime,
     init_duration: Option<Duration>,
     sent: Option<Instant>,
     result: &Result<Invocation, InvokeError>,
 ) {
-    let revision = &instance.revision;
     let log = &revision.spec.log;
     let duration = match result {
         Ok(inv) => Some(inv.duration),
@@ -255,7 +260,7 @@ async fn finish(
         &result.as_ref(),
     );
     if sent.is_some() {
-        instance.sandbox().output_settled(OUTPUT_SETTLE_WAIT).await;
+        instance.output_settled(OUTPUT_SETTLE_WAIT).await;
         if let Some(line) = revision
             .contract
             .log_marker(LogPoint::InvokeEnd, request_id)
@@ -270,11 +275,11 @@ async fn finish(
 
 /// The record of an invocation of `revision`: served by `instance` (if one was reached), its
 /// function time `duration` (if the event was sent), how it ended.
-fn record(
+pub(crate) fn record(
     revision: &Revision,
     request_id: &str,
     started_at: SystemTime,
-    instance: Option<&PoolInstance>,
+    instance: Option<&wharf_sandbox::Instance>,
     init_duration: Option<Duration>,
     duration: Option<Duration>,
     result: &Result<&Invocation, &InvokeError>,
@@ -299,7 +304,7 @@ fn record(
     };
     let memory_peak = match result {
         Ok(inv) => inv.memory_peak_bytes,
-        Err(_) => instance.and_then(|i| i.sandbox().memory_peak_now()),
+        Err(_) => instance.and_then(|i| i.memory_peak_now()),
     };
     InvocationRecord {
         request_id: request_id.to_string(),
@@ -424,7 +429,10 @@ async fn serve(
     let duration = t0.elapsed();
     instance.count_request();
     let outcome = match revision.context.mode {
-        FunctionMode::Event => revision.contract.classify(parts.status, &parts.headers),
+        // Jobs do not come here (`job::run`).
+        FunctionMode::Event | FunctionMode::Job => {
+            revision.contract.classify(parts.status, &parts.headers)
+        }
         FunctionMode::Http => wharf_contract::classify_http(parts.status),
     };
     let mut headers = HeaderMap::with_capacity(parts.headers.len());

@@ -22,6 +22,7 @@ mod function;
 mod instance;
 pub mod instance_spec;
 mod invoke;
+mod job;
 mod reap;
 mod report;
 mod runtime_api;

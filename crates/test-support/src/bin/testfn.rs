@@ -8,6 +8,9 @@
 //! - `TESTFN_MODE=never-listen`: print a line and never listen; `exit`: print a line and exit 3;
 //!   `sleep`: sleep until killed (the children of the `fork` command).
 //! - `TESTFN_MODE=hog`: allocate and touch memory until killed (the child of `oom-child`).
+//! - `TESTFN_MODE=job`: a job image (no server): reads its event (JSON) from
+//!   `FC_CUSTOM_CONTAINER_EVENT` or `SCF_CUSTOM_CONTAINER_EVENT`, prints `job event: <event>`,
+//!   sleeps `sleep_ms`, and exits with code `exit` (default 0).
 //! - `TESTFN_INIT_STATUS`: status `/initialize` (and `/init`) answers (default 200).
 //! - `TESTFN_PRE_FREEZE_STATUS`, `TESTFN_PRE_STOP_STATUS`: status `GET /pre-freeze` and
 //!   `GET /pre-stop` answer (default 200); each call prints `testfn: pre-freeze called` or
@@ -593,6 +596,20 @@ fn probe(event: &Value) -> Value {
     })
 }
 
+/// A job: the event in a variable, the result in the exit code.
+fn job() -> ! {
+    let (var, event) = ["FC_CUSTOM_CONTAINER_EVENT", "SCF_CUSTOM_CONTAINER_EVENT"]
+        .into_iter()
+        .find_map(|v| std::env::var(v).ok().map(|e| (v, e)))
+        .unwrap_or(("none", String::new()));
+    say(&format!("job event from {var}: {event}"));
+    let event: Value = serde_json::from_str(&event).unwrap_or(Value::Null);
+    if let Some(ms) = event.get("sleep_ms").and_then(Value::as_u64) {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+    std::process::exit(event.get("exit").and_then(Value::as_i64).unwrap_or(0) as i32)
+}
+
 fn main() {
     let mode = std::env::var("TESTFN_MODE").unwrap_or_default();
     let port: u16 = std::env::var("TESTFN_PORT")
@@ -616,6 +633,7 @@ fn main() {
             complain("testfn: told to exit at once");
             std::process::exit(3);
         }
+        "job" => job(),
         "hog" => {
             let mut held: Vec<Vec<u8>> = Vec::new();
             loop {
