@@ -1,6 +1,8 @@
 //! Every error that reaches a client is mapped to HTTP here, and only here: a status, a stable
 //! code, and a message that names the thing and what to do. The body is always
-//! `{"error":{"code":"...","message":"..."}}`.
+//! `{"error":{"code":"...","message":"..."}}`; for a call of an `fc` function it also has FC's
+//! own fields, `"errorCode"` and `"errorMessage"` (the same code and message), so that a client
+//! written for FC reads it as it would FC's ([`ApiError::fc_response`]).
 
 use axum::Json;
 use axum::response::{IntoResponse, Response};
@@ -61,6 +63,37 @@ impl ApiError {
             "FunctionNotFound",
             format!("function {name} does not exist (deploy it with PUT /v1/functions/{name})"),
         )
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FcBody<'a> {
+    error: Inner<'a>,
+    error_code: &'a str,
+    error_message: &'a str,
+}
+
+impl ApiError {
+    /// The response for a caller of an `fc` function: Wharf's body with FC's fields beside.
+    pub fn fc_response(self) -> Response {
+        let body = FcBody {
+            error: Inner {
+                code: self.code,
+                message: &self.message,
+            },
+            error_code: self.code,
+            error_message: &self.message,
+        };
+        (self.status, Json(body)).into_response()
+    }
+
+    /// The response for a caller of a function of `contract` (`None`: unknown function).
+    pub fn for_contract(self, contract: Option<wharf_contract::ContractKind>) -> Response {
+        match contract {
+            Some(wharf_contract::ContractKind::Fc) => self.fc_response(),
+            _ => self.into_response(),
+        }
     }
 }
 
@@ -153,6 +186,28 @@ impl From<StoreError> for ApiError {
             "InternalError",
             format!("the state store failed: {e}"),
         )
+    }
+}
+
+#[cfg(test)]
+mod fc_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn fc_callers_get_fc_s_fields_too() {
+        let resp = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "ResourceExhausted", "busy")
+            .for_contract(Some(wharf_contract::ContractKind::Fc));
+        assert_eq!(resp.status(), 429);
+        let body = axum::body::to_bytes(resp.into_body(), 1024).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "error": {"code": "ResourceExhausted", "message": "busy"},
+                "errorCode": "ResourceExhausted",
+                "errorMessage": "busy",
+            })
+        );
     }
 }
 

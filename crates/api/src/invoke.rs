@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 use wharf_contract::Outcome;
@@ -144,7 +144,7 @@ pub async fn invoke(
         Ok(inv) => response_of(inv),
         Err(e) => {
             tracing::debug!(function = %name, request_id = %request_id, error = %e.message, "invoke failed");
-            e.into_response()
+            e.for_contract(app.pool.contract_of(&name))
         }
     };
     resp.headers_mut().insert(REQUEST_ID, rid);

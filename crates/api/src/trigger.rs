@@ -46,7 +46,7 @@ pub async fn trigger(
     let peer = peer.map(|Extension(ConnectInfo(addr))| addr);
     let mut resp = match call_of(&name, peer, method, &uri, headers, body) {
         Ok(call) => serve(&app, &name, &request_id, call).await,
-        Err(e) => e.into_response(),
+        Err(e) => e.for_contract(app.pool.contract_of(&name)),
     };
     resp.headers_mut().insert(REQUEST_ID, rid);
     resp
@@ -122,7 +122,7 @@ async fn serve(app: &App, name: &str, request_id: &str, call: HttpCall) -> Respo
             }
         }
     };
-    result.unwrap_or_else(|e| ApiError::from(e).into_response())
+    result.unwrap_or_else(|e| ApiError::from(e).for_contract(app.pool.contract_of(name)))
 }
 
 /// An event function's answer, read as an API-gateway response.

@@ -78,6 +78,11 @@ impl Pool {
         self.call(name, request_id, Call::Http(call)).await
     }
 
+    /// The contract of function `name`; `None` if there is no such function.
+    pub fn contract_of(&self, name: &str) -> Option<wharf_contract::ContractKind> {
+        Some(self.inner.function(name)?.revision().spec.contract)
+    }
+
     /// Whether function `name` takes events or HTTP requests; `None` if there is no such function.
     pub fn mode_of(&self, name: &str) -> Option<FunctionMode> {
         Some(self.inner.function(name)?.revision().spec.mode)

@@ -137,6 +137,9 @@ async fn fc_http_functions_get_fc_headers_and_callers_follow_fc_s_rules() {
     .await;
     assert_eq!(forged.status, 400, "{}", forged.text());
     assert_eq!(forged.json()["error"]["code"], "InvalidArgument");
+    // FC's own error fields, for clients written for FC.
+    assert_eq!(forged.json()["errorCode"], "InvalidArgument");
+    assert!(forged.json()["errorMessage"].is_string());
     assert!(
         forged.text().contains("x-fc-request-id"),
         "{}",
