@@ -214,9 +214,13 @@ pub struct DeployArgs {
     /// and pinned)
     #[arg(long)]
     pub image: String,
-    /// Contract the image speaks
+    /// Contract the image speaks: fc, functiongraph, scf, http, lambda
     #[arg(long, default_value = "fc")]
     pub contract: String,
+    /// How it is called: event, http (a server that gets requests passed through), job (no
+    /// server; fc and scf) [default: event; http for the http contract]
+    #[arg(long)]
+    pub mode: Option<String>,
     /// Memory limit in MB
     #[arg(long)]
     pub memory: Option<u32>,

@@ -142,6 +142,9 @@ async fn deploy(client: &Client, a: DeployArgs) -> anyhow::Result<ExitCode> {
         env.insert(k.to_string(), Value::String(v.to_string()));
     }
     body["env"] = Value::Object(env);
+    if let Some(m) = &a.mode {
+        body["mode"] = json!(m);
+    }
     if let Some(m) = a.memory {
         body["memory_mb"] = json!(m);
     }
