@@ -154,8 +154,31 @@ async fn fc_http_functions_get_fc_headers_and_callers_follow_fc_s_rules() {
         too_long.text()
     );
 
-    // An event function is not an HTTP function: its events go through the API gateway instead,
-    // and the invoke endpoint of an HTTP function sends `POST /`.
+    // An SCF web function: the same pass-through, with SCF's headers.
+    env.deploy(
+        "scfweb",
+        json!({"image": env.image, "contract": "scf", "mode": "http"}),
+    )
+    .await;
+    let web = call(
+        &env,
+        "DELETE",
+        "/v1/functions/scfweb/http/items/3",
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(web.status, 200, "{}", web.text());
+    let seen = web.json();
+    assert_eq!(seen["method"], "DELETE");
+    assert_eq!(seen["path"], "/items/3");
+    assert_eq!(seen["headers"]["x-scf-name"], "scfweb");
+    assert_eq!(
+        seen["headers"]["x-scf-request-id"].as_str(),
+        web.header("x-wharf-request-id").as_deref()
+    );
+
+    // The invoke endpoint of an HTTP function sends the event as `POST /`.
     let event = env.invoke("fchttp", json!({"k": 1})).await;
     assert_eq!(event.status, 200, "{}", event.text());
     assert_eq!(event.json()["path"], "/");
