@@ -147,8 +147,9 @@ fn gateway_response(name: &str, inv: Invocation) -> Response {
             *resp.status_mut() = g.status;
             let h = resp.headers_mut();
             for (name, value) in g.headers {
+                // Only the server that writes the response may set its framing.
                 if let Some(name) = name
-                    && !is_framing(&name)
+                    && !wharf_contract::HOP_BY_HOP.contains(&name.as_str())
                 {
                     h.append(name, value);
                 }
@@ -165,14 +166,6 @@ fn gateway_response(name: &str, inv: Invocation) -> Response {
             ),
         ),
     }
-}
-
-/// Headers of the answer that only the server that writes the response may set.
-fn is_framing(name: &http::HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection" | "content-length" | "keep-alive" | "transfer-encoding" | "upgrade" | "te"
-    )
 }
 
 /// The start of an answer, as text, for an error message.

@@ -145,9 +145,9 @@ pub(crate) fn header(v: impl ToString) -> http::HeaderValue {
         .unwrap_or_else(|_| http::HeaderValue::from_static(""))
 }
 
-/// Response headers that describe the connection or the framing of the instance's answer, not
-/// the function's result: never passed on to the caller.
-pub(crate) const HOP_BY_HOP: &[&str] = &[
+/// Headers that describe a connection or the framing of a message, not its content: never passed
+/// on, neither from a caller to a function nor from a function to its caller.
+pub const HOP_BY_HOP: &[&str] = &[
     "connection",
     "content-length",
     "keep-alive",
@@ -270,20 +270,6 @@ pub struct HttpCall {
     pub client: Option<std::net::IpAddr>,
 }
 
-/// Request headers that describe the caller's connection to Wharf, not the call: not passed on.
-const HOP_BY_HOP_REQUEST: &[&str] = &[
-    "connection",
-    "content-length",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    // Wharf's token: the function never sees it.
-    "authorization",
-];
-
 /// The request that passes `call` through to an HTTP function: the caller's method, path, query,
 /// headers (but for the hop-by-hop ones and Wharf's token) and body; the contract's own headers
 /// from `template` (they win over a caller's of the same name); this call's request id; and
@@ -297,7 +283,8 @@ pub fn pass_through(
     use http::header::{CONTENT_TYPE, HOST};
     let mut headers = HeaderMap::with_capacity(call.headers.len() + template.headers.len() + 4);
     for (name, value) in &call.headers {
-        if !HOP_BY_HOP_REQUEST.contains(&name.as_str()) {
+        // Wharf's token is not the function's business either.
+        if !HOP_BY_HOP.contains(&name.as_str()) && name != http::header::AUTHORIZATION {
             headers.append(name.clone(), value.clone());
         }
     }

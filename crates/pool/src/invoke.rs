@@ -131,17 +131,7 @@ async fn invoke(
         // Before an instance is taken: a request the function cannot get costs nothing.
         let revision = fp.revision();
         if let Err(e) = check_http_call(&revision, http) {
-            let record = record(
-                &revision,
-                &request_id,
-                started_at,
-                None,
-                None,
-                None,
-                &Err(&e),
-            );
-            revision.spec.log.invocation(&record);
-            return Err(e);
+            return Err(refused(&revision, &request_id, started_at, None, e));
         }
     }
     let mut dead = Vec::new();
@@ -150,18 +140,13 @@ async fn invoke(
     let mut thaw_duration = None;
     // Failures before an instance serves are recorded here; the rest by `finish`.
     let unserved = |revision: &Revision, cold: bool, e: InvokeError| {
-        let init = cold.then(|| t0.elapsed());
-        let record = record(
+        Err(refused(
             revision,
             &request_id,
             started_at,
-            None,
-            init,
-            None,
-            &Err(&e),
-        );
-        revision.spec.log.invocation(&record);
-        Err(e)
+            cold.then(|| t0.elapsed()),
+            e,
+        ))
     };
     let (instance, init_duration) = match acquired {
         Ok(Acquired::Warm(i)) => match i.ready_for_use().await {
@@ -236,6 +221,20 @@ async fn invoke(
         inv.thaw_duration = thaw_duration;
         inv
     })
+}
+
+/// Records the invocation `request_id` of `revision` that failed with `e` before an instance
+/// took it (after `init` of a cold start that failed); returns `e`.
+pub(crate) fn refused(
+    revision: &Revision,
+    request_id: &str,
+    started_at: SystemTime,
+    init: Option<Duration>,
+    e: InvokeError,
+) -> InvokeError {
+    let r = record(revision, request_id, started_at, None, init, None, &Err(&e));
+    revision.spec.log.invocation(&r);
+    e
 }
 
 /// The end of an invocation `instance` (of `revision`) served: once what the function printed

@@ -14,7 +14,7 @@ use wharf_contract::Outcome;
 use wharf_sandbox::ExitInfo;
 
 use crate::function::{Acquired, FunctionPool, Refused};
-use crate::invoke::{Call, Invocation, finish, record};
+use crate::invoke::{Call, Invocation, finish, refused};
 use crate::report;
 use crate::{InvokeError, PoolInner};
 
@@ -32,19 +32,7 @@ pub(crate) async fn run(
     let t0 = Instant::now();
     let revision = fp.revision();
     let name = &revision.spec.name;
-    let unserved = |e: InvokeError| {
-        let r = record(
-            &revision,
-            &request_id,
-            started_at,
-            None,
-            None,
-            None,
-            &Err(&e),
-        );
-        revision.spec.log.invocation(&r);
-        Err(e)
-    };
+    let unserved = |e: InvokeError| Err(refused(&revision, &request_id, started_at, None, e));
     let bad = |reason: String| InvokeError::BadRequest {
         name: name.clone(),
         reason,
