@@ -7,6 +7,7 @@
 //! the contract's synchronous payload limit for events.
 
 pub mod auth;
+pub mod aws;
 pub mod error;
 pub mod functions;
 pub mod images;
@@ -61,6 +62,8 @@ pub struct App {
     pub images: ImageStore,
     pub pool: Pool,
     pub token: String,
+    /// `Event` invocations of the Lambda Invoke API, waiting to run.
+    pub(crate) events: aws::EventQueue,
     /// One control-plane change at a time per function name (deploy, delete).
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -79,6 +82,7 @@ impl App {
             images,
             pool,
             token,
+            events: aws::EventQueue::default(),
             locks: Mutex::new(HashMap::new()),
         })
     }
@@ -122,6 +126,8 @@ impl App {
             .route("/v1/images", get(images::list))
             .route("/v1/images/prune", post(images::prune))
             .route_layer(from_fn_with_state(self.clone(), auth::require_token))
+            // The Lambda Invoke API, with its own authentication (bearer or SigV4).
+            .merge(aws::routes(self))
             .route("/v1/health", get(|| async { "ok\n" }))
             .method_not_allowed_fallback(|| async {
                 ApiError::new(
