@@ -196,7 +196,7 @@ pub fn failure_of(e: InvokeError, request_id: &str) -> Failure {
         _ => {}
     }
     let name = match &e {
-        InvokeError::FunctionNotFound { .. } => "ResourceNotFoundException",
+        InvokeError::FunctionNotFound { name } => return Failure::Service(not_found(name)),
         InvokeError::TooManyInstances { .. } => "TooManyRequestsException",
         // The function exists but its image cannot be had now.
         InvokeError::Image { .. } => "ResourceNotReadyException",
@@ -536,13 +536,15 @@ async fn require_function(
         move || store.get_function(&name)
     })
     .await?;
-    record.ok_or_else(|| {
-        AwsError::new(
-            StatusCode::NOT_FOUND,
-            "ResourceNotFoundException",
-            format!("Function not found: {name} (deploy it with PUT /v1/functions/{name})"),
-        )
-    })
+    record.ok_or_else(|| not_found(name))
+}
+
+fn not_found(name: &str) -> AwsError {
+    AwsError::new(
+        StatusCode::NOT_FOUND,
+        "ResourceNotFoundException",
+        format!("Function not found: {name} (deploy it with PUT /v1/functions/{name})"),
+    )
 }
 
 /// `DryRun`: the function exists and its image is in the local store (a `prepull: false`
