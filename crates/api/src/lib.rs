@@ -3,7 +3,8 @@
 //!
 //! Handlers are thin: they validate, call the store, the image store and the pool, and map
 //! errors to HTTP in exactly one place ([`error`]). Every route but the health check requires the
-//! API token ([`auth`]). Body limits are set per route on purpose: 1 MiB for control requests,
+//! API token ([`auth`]). The Lambda-compatible Invoke API ([`aws`]) shares the listener, with its
+//! own Lambda-style errors and authentication (the token as bearer or as SigV4 credentials). Body limits are set per route on purpose: 1 MiB for control requests,
 //! the contract's synchronous payload limit for events.
 
 pub mod auth;

@@ -107,6 +107,7 @@ async fn the_lambda_invoke_api_answers_botocore_and_the_aws_cli_like_lambda() {
             {"FunctionName": "hello", "Qualifier": "1", "Payload": {}},
             {"FunctionName": "slow", "Payload": {"cmd": "sleep", "ms": 5000}},
             {"FunctionName": "hello", "InvocationType": "Sometimes"},
+            {"FunctionName": "hello", "Payload": {"pad": "y".repeat(2 * 1024 * 1024)}},
             {"FunctionName": "hello", "InvocationType": "Event",
              "Payload": {"pad": "x".repeat(300 * 1024)}},
         ]),
@@ -123,6 +124,7 @@ async fn the_lambda_invoke_api_answers_botocore_and_the_aws_cli_like_lambda() {
         version,
         timeout,
         bad_type,
+        big,
         big_event,
     ] = r.as_slice()
     else {
@@ -205,6 +207,12 @@ async fn the_lambda_invoke_api_answers_botocore_and_the_aws_cli_like_lambda() {
             .as_str()
             .is_some_and(|m| m.contains("RequestResponse, Event, DryRun")),
         "{bad_type}"
+    );
+    // A signed body past the control plane's 1 MiB: the event limit applies (testfn echoes it).
+    assert_eq!(big["StatusCode"], 200, "{}", big["error"]);
+    assert_eq!(
+        payload_json(big)["pad"].as_str().map(str::len),
+        Some(2 * 1024 * 1024)
     );
     // Queued events are held in memory: Lambda's 256 KB limit.
     assert_eq!(
