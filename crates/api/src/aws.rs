@@ -311,7 +311,7 @@ fn signature_error(e: sigv4::SigV4Error) -> AwsError {
 
 fn body_error(e: &BytesRejection) -> AwsError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        too_large(MAX_EVENT_BYTES, "RequestResponse")
+        too_large(MAX_EVENT_BYTES, "an invocation")
     } else {
         AwsError::new(
             StatusCode::BAD_REQUEST,
@@ -321,11 +321,11 @@ fn body_error(e: &BytesRejection) -> AwsError {
     }
 }
 
-fn too_large(limit: usize, kind: &str) -> AwsError {
+fn too_large(limit: usize, what: &str) -> AwsError {
     AwsError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         "RequestTooLargeException",
-        format!("Request must be smaller than {limit} bytes for an invocation of type {kind}"),
+        format!("Request must be smaller than {limit} bytes for {what}"),
     )
 }
 
@@ -575,7 +575,10 @@ async fn queue_event(
     event: Bytes,
 ) -> Result<Response, AwsError> {
     if event.len() > MAX_ASYNC_EVENT_BYTES {
-        return Err(too_large(MAX_ASYNC_EVENT_BYTES, "Event"));
+        return Err(too_large(
+            MAX_ASYNC_EVENT_BYTES,
+            "an asynchronous (Event) invocation",
+        ));
     }
     require_function(app, &name).await?;
     app.events.submit(

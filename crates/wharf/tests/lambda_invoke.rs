@@ -2,7 +2,7 @@
 //! botocore (tests/aws/invoke.py) and the AWS CLI, from the venv `scripts/pyenv.sh` makes.
 //! Payload round trip, function errors, the log tail, `Event` and `DryRun`, ARNs and the
 //! emulator path, Lambda's exceptions as botocore raises them, SigV4 with the API token, and a
-//! timeout as Lambda reports it.
+//! timeout, a crash and an OOM kill as Lambda reports them.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -110,6 +110,8 @@ async fn the_lambda_invoke_api_answers_botocore_and_the_aws_cli_like_lambda() {
             {"FunctionName": "hello", "Payload": {"pad": "y".repeat(2 * 1024 * 1024)}},
             {"FunctionName": "hello", "InvocationType": "Event",
              "Payload": {"pad": "x".repeat(300 * 1024)}},
+            {"FunctionName": "hello", "Payload": {"cmd": "exit", "code": 3}},
+            {"FunctionName": "hello", "Payload": {"cmd": "alloc", "mb": 400}},
         ]),
     );
     let [
@@ -126,6 +128,8 @@ async fn the_lambda_invoke_api_answers_botocore_and_the_aws_cli_like_lambda() {
         bad_type,
         big,
         big_event,
+        crash,
+        oom,
     ] = r.as_slice()
     else {
         panic!("one result per call: {r:#?}");
@@ -236,6 +240,26 @@ async fn the_lambda_invoke_api_answers_botocore_and_the_aws_cli_like_lambda() {
         "{error}"
     );
 
+    // A crash and an OOM kill of the instance, in Lambda's words (and the OOM in Wharf's).
+    assert_eq!(crash["FunctionError"], "Unhandled", "{crash}");
+    let error = payload_json(crash);
+    assert_eq!(error["errorType"], "Runtime.ExitError", "{error}");
+    assert!(
+        error["errorMessage"]
+            .as_str()
+            .is_some_and(|m| m.contains("Runtime exited with error: exit status 3")),
+        "{error}"
+    );
+    assert_eq!(oom["FunctionError"], "Unhandled", "{oom}");
+    let error = payload_json(oom);
+    assert_eq!(error["errorType"], "Runtime.OutOfMemory", "{error}");
+    assert!(
+        error["errorMessage"]
+            .as_str()
+            .is_some_and(|m| m.contains("its limit is 128 MB")),
+        "{error}"
+    );
+
     // Event: accepted at once, run in the background, recorded under the request id returned.
     assert_eq!(event["StatusCode"], 202, "{event}");
     assert_eq!(event["Payload"], "", "{event}");
@@ -291,6 +315,27 @@ async fn the_lambda_invoke_api_answers_botocore_and_the_aws_cli_like_lambda() {
     assert_eq!(resp.text(), "Hello, bearer!\n");
     let amzn = resp.header("x-amzn-requestid").expect("X-Amzn-RequestId");
     assert_eq!(resp.header("x-wharf-request-id"), Some(amzn));
+    for (token, name) in [
+        (Some("wrong"), "UnrecognizedClientException"),
+        (None, "MissingAuthenticationTokenException"),
+    ] {
+        let resp = env
+            .wharf
+            .api_with_token(
+                "POST",
+                "/2015-03-31/functions/hello/invocations",
+                None,
+                token,
+            )
+            .await;
+        assert_eq!(resp.status, 403, "{}", resp.text());
+        assert_eq!(resp.header("x-amzn-errortype").as_deref(), Some(name));
+        assert!(
+            resp.json()["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("api.token"))
+        );
+    }
 
     // The AWS CLI, as the README shows it.
     let dir = tempfile::tempdir().expect("a temporary directory");
