@@ -195,15 +195,12 @@ pub fn failure_of(e: InvokeError, request_id: &str) -> Failure {
         }
         _ => {}
     }
-    let name = match &e {
-        InvokeError::FunctionNotFound { name } => return Failure::Service(not_found(name)),
-        InvokeError::TooManyInstances { .. } => "TooManyRequestsException",
-        // The function exists but its image cannot be had now.
-        InvokeError::Image { .. } => "ResourceNotReadyException",
-        _ => "ServiceException",
-    };
-    let api = ApiError::from(e);
-    Failure::Service(AwsError::new(api.status, name, api.message))
+    if let InvokeError::FunctionNotFound { name } = &e {
+        return Failure::Service(not_found(name));
+    }
+    // The status is error.rs's; the name follows it (502: the image cannot be had now →
+    // ResourceNotReadyException; 429 → TooManyRequestsException; 5xx → ServiceException).
+    Failure::Service(AwsError::from(ApiError::from(e)))
 }
 
 /// The request id of this call, set by [`require_auth`] for the handler.
