@@ -8,6 +8,8 @@
 #   iproute2, procps   ip / ps, used by tests to inspect namespaces and processes
 #   nftables           nft, run once when bridge networking is set up (NAT and filter table)
 #   curl               health checks in the scripts
+#   python3, -venv     the venv of AWS's botocore and CLI the Lambda Invoke API tests use
+#                      (made by scripts/pyenv.sh)
 set -euo pipefail
 
 need=()
@@ -25,6 +27,8 @@ want ip iproute2
 want ps procps
 want nft nftables
 want curl curl
+want python3 python3
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 
 if ! command -v cargo >/dev/null 2>&1; then
     echo "setup: cargo is not installed. Install Rust (https://rustup.rs) and run this again." >&2

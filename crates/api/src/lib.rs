@@ -3,10 +3,12 @@
 //!
 //! Handlers are thin: they validate, call the store, the image store and the pool, and map
 //! errors to HTTP in exactly one place ([`error`]). Every route but the health check requires the
-//! API token ([`auth`]). Body limits are set per route on purpose: 1 MiB for control requests,
+//! API token ([`auth`]). The Lambda-compatible Invoke API ([`aws`]) shares the listener, with its
+//! own Lambda-style errors and authentication (the token as bearer or as SigV4 credentials). Body limits are set per route on purpose: 1 MiB for control requests,
 //! the contract's synchronous payload limit for events.
 
 pub mod auth;
+pub mod aws;
 pub mod error;
 pub mod functions;
 pub mod images;
@@ -62,6 +64,8 @@ pub struct App {
     pub images: ImageStore,
     pub pool: Pool,
     pub token: String,
+    /// `Event` invocations of the Lambda Invoke API, waiting to run.
+    pub(crate) events: aws::EventQueue,
     /// One control-plane change at a time per function name (deploy, delete).
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -80,6 +84,7 @@ impl App {
             images,
             pool,
             token,
+            events: aws::EventQueue::default(),
             locks: Mutex::new(HashMap::new()),
         })
     }
@@ -129,6 +134,8 @@ impl App {
             .route("/v1/images", get(images::list))
             .route("/v1/images/prune", post(images::prune))
             .route_layer(from_fn_with_state(self.clone(), auth::require_token))
+            // The Lambda Invoke API, with its own authentication (bearer or SigV4).
+            .merge(aws::routes(self))
             .route("/v1/health", get(|| async { "ok\n" }))
             .method_not_allowed_fallback(|| async {
                 ApiError::new(

@@ -189,7 +189,7 @@ async fn request_lines(app: &Arc<App>, name: &str, id: &str) -> Result<Vec<LogEn
 /// An invocation's lines: from the first system line that names the request (the vendor's
 /// initialize marker or `START`) through its `REPORT`, on the instance that served it — lines of
 /// other instances printed meanwhile are not its.
-fn lines_of_request(entries: Vec<LogEntry>, id: &str) -> Vec<LogEntry> {
+pub(crate) fn lines_of_request(entries: Vec<LogEntry>, id: &str) -> Vec<LogEntry> {
     let named = format!("RequestId: {id}");
     let names_it = |e: &LogEntry| {
         e.stream == LogStream::System
