@@ -465,10 +465,10 @@ async fn bad_deploys_get_clear_errors_and_change_nothing() {
         ),
         (
             "nope",
-            json!({"image": env.image, "contract": "lambda"}),
+            json!({"image": env.image, "contract": "soap"}),
             400,
             "InvalidArgument",
-            "not supported yet",
+            "unknown contract `soap`",
         ),
     ];
     for (name, body, status, code, mention) in cases {
