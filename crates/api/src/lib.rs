@@ -131,6 +131,7 @@ impl App {
             .route("/v1/functions/{name}/http/{*path}", trigger())
             .route("/v1/functions/{name}/logs", get(logs::get))
             .route("/v1/functions/{name}/invocations", get(logs::invocations))
+            .route("/v1/functions/{name}/instances", get(logs::instances))
             .route("/v1/images", get(images::list))
             .route("/v1/images/prune", post(images::prune))
             .route_layer(from_fn_with_state(self.clone(), auth::require_token))

@@ -223,6 +223,12 @@ impl FunctionPool {
         st.busy -= 1;
     }
 
+    /// Every instance the pool has not decided to stop, oldest first.
+    pub fn instances(&self) -> Vec<Arc<PoolInstance>> {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.members.values().cloned().collect()
+    }
+
     /// Records a newly started instance (it stays counted busy until released). If the function
     /// was retired meanwhile, the instance serves its request and its release stops it.
     pub fn register(&self, instance: &Arc<PoolInstance>) {

@@ -52,6 +52,8 @@ pub(crate) struct PoolInstance {
     /// exchanges go there instead of to a connection.
     runtime: Option<RuntimeApi>,
     initialized: AtomicBool,
+    /// When it became ready.
+    started: std::time::SystemTime,
     last_used: Mutex<Instant>,
     requests: AtomicU64,
     /// The note about the stop is written once, however many callers stop the instance.
@@ -182,6 +184,7 @@ impl PoolInstance {
             conn: Mutex::new(conn),
             runtime,
             initialized: AtomicBool::new(false),
+            started: std::time::SystemTime::now(),
             last_used: Mutex::new(Instant::now()),
             requests: AtomicU64::new(0),
             stop_noted: AtomicBool::new(false),
@@ -345,6 +348,31 @@ impl PoolInstance {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .elapsed()
+    }
+
+    /// What `GET /v1/functions/{name}/instances` shows of it.
+    pub fn info(&self) -> crate::InstanceInfo {
+        let state = if self.stopping() {
+            crate::InstanceState::Stopping
+        } else if self.in_use() {
+            crate::InstanceState::Busy
+        } else if self.instance.is_frozen() {
+            crate::InstanceState::Frozen
+        } else {
+            crate::InstanceState::Idle
+        };
+        crate::InstanceInfo {
+            id: self.id().to_string(),
+            revision: self.revision.spec.revision,
+            state,
+            started_at_ms: crate::report::unix_ms(self.started),
+            idle_ms: (state != crate::InstanceState::Busy)
+                .then(|| self.idle_for().as_millis() as u64),
+            requests: self.requests.load(Ordering::Relaxed),
+            memory_now_mb: self.instance.memory_now_bytes().map(crate::report::mb_ceil),
+            memory_peak_mb: self.instance.memory_peak_now().map(crate::report::mb_ceil),
+            memory_limit_mb: self.revision.spec.memory_mb,
+        }
     }
 
     pub fn count_request(&self) {

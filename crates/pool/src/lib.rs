@@ -23,6 +23,7 @@ mod instance;
 pub mod instance_spec;
 mod invoke;
 mod job;
+mod listing;
 mod reap;
 mod report;
 mod runtime_api;
@@ -30,6 +31,7 @@ mod runtime_api;
 pub use error::{DeployError, InvokeError};
 pub use function::{FunctionLog, FunctionSpec};
 pub use invoke::Invocation;
+pub use listing::{InstanceInfo, InstanceState};
 pub use report::{InvocationRecord, InvocationStatus, billed_ms, mb_ceil, report_line};
 
 use std::collections::HashMap;

@@ -326,6 +326,15 @@ impl CgroupLayout {
         }
     }
 
+    /// The file that holds an instance's memory use now (v1 `memory.usage_in_bytes`, v2
+    /// `memory.current`).
+    pub fn usage_path(&self, parent: &str, id: &str) -> Option<PathBuf> {
+        match self.memory()? {
+            MemoryController::V1(m) => Some(m.join(parent).join(id).join("memory.usage_in_bytes")),
+            MemoryController::V2(m) => Some(m.join(parent).join(id).join("memory.current")),
+        }
+    }
+
     /// Memory peak and OOM kills of an instance's cgroup. Missing files (an old kernel without
     /// `memory.peak`, a cgroup already gone) give `None`.
     pub fn memory_stats(&self, host: &dyn Host, parent: &str, id: &str) -> MemoryStats {

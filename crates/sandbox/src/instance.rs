@@ -170,6 +170,17 @@ impl Instance {
         std::str::from_utf8(&buf[..n]).ok()?.trim().parse().ok()
     }
 
+    /// The memory the instance's cgroup uses now (its page cache and tmpfs files included);
+    /// `None` without a memory controller or once the cgroup is gone. Opens the file: for
+    /// listings, not the request path.
+    pub fn memory_now_bytes(&self) -> Option<u64> {
+        let path = self
+            .sandbox
+            .cgroups
+            .usage_path(&self.sandbox.config.cgroup_parent, &self.id)?;
+        std::fs::read_to_string(path).ok()?.trim().parse().ok()
+    }
+
     /// Whether the kernel's OOM killer has killed a process of the instance's cgroup (its
     /// counter is read from the cgroup, which lives until [`Instance::stop`]).
     pub fn oom_killed(&self) -> bool {

@@ -93,6 +93,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the instances of a function (or of every function): state, revision, age,
+    /// requests served, memory now/peak/limit
+    Ps {
+        name: Option<String>,
+        /// Print the API's JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// List the images in the store, or remove those no function uses
     #[command(subcommand)]
     Image(ImageCommand),

@@ -116,6 +116,7 @@ pub async fn run(global: Global, command: Command) -> anyhow::Result<ExitCode> {
         Command::Invocations { name, limit, json } => {
             invocations(&client, &name, limit, json).await
         }
+        Command::Ps { name, json } => ps(&client, name.as_deref(), json).await,
         Command::Image(ImageCommand::Ls { json }) => crate::images::ls(&client, json).await,
         Command::Image(ImageCommand::Prune { json }) => crate::images::prune(&client, json).await,
     }
@@ -616,6 +617,73 @@ fn print_log_entry(out: &mut impl Write, e: &Value) -> std::io::Result<()> {
         e["stream"].as_str().unwrap_or_default(),
         e["message"].as_str().unwrap_or_default(),
     )
+}
+
+async fn ps(client: &Client, name: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
+    let names: Vec<String> = match name {
+        Some(n) => vec![n.to_string()],
+        None => {
+            let v: Value = client
+                .call_ok(Method::GET, "/v1/functions", None)
+                .await?
+                .json()
+                .await?;
+            v["functions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|f| f["name"].as_str().map(str::to_string))
+                .collect()
+        }
+    };
+    let mut all = Vec::new();
+    for n in &names {
+        let v: Value = client
+            .call_ok(Method::GET, &format!("/v1/functions/{n}/instances"), None)
+            .await?
+            .json()
+            .await?;
+        for i in v["instances"].as_array().into_iter().flatten() {
+            let mut i = i.clone();
+            i["function"] = json!(n);
+            all.push(i);
+        }
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"instances": all}))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default();
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:<20}  {:<32}  {:<8}  {:>4}  {:>8}  {:>8}  MEMORY (now/peak/limit MB)",
+        "FUNCTION", "INSTANCE", "STATE", "REV", "UP", "REQUESTS"
+    )?;
+    for i in &all {
+        let mb = |f: &str| i[f].as_u64().map_or("-".to_string(), |m| m.to_string());
+        let up = now.saturating_sub(i["started_at_ms"].as_u64().unwrap_or(now)) / 1000;
+        writeln!(
+            out,
+            "{:<20}  {:<32}  {:<8}  {:>4}  {:>7}s  {:>8}  {}/{}/{}",
+            i["function"].as_str().unwrap_or_default(),
+            i["id"].as_str().unwrap_or_default(),
+            i["state"].as_str().unwrap_or_default(),
+            i["revision"],
+            up,
+            i["requests"],
+            mb("memory_now_mb"),
+            mb("memory_peak_mb"),
+            mb("memory_limit_mb"),
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn invocations(
