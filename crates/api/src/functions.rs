@@ -26,6 +26,8 @@ pub const NAME_MAX_LEN: usize = 60;
 pub const COMMAND_MAX_CHARS: usize = 5120;
 pub const MEMORY_MB_RANGE: (i64, i64) = (64, 32 * 1024);
 pub const TIMEOUT_S_RANGE: (i64, i64) = (1, 86_400);
+pub const MAX_INSTANCES_RANGE: (i64, i64) = (1, 1000);
+pub const IDLE_TIMEOUT_S_RANGE: (i64, i64) = (0, 86_400);
 /// Lambda's own limits, for `lambda` functions.
 pub const LAMBDA_MEMORY_MB_RANGE: (i64, i64) = (128, 10_240);
 pub const LAMBDA_TIMEOUT_S_RANGE: (i64, i64) = (1, 900);
@@ -85,6 +87,8 @@ pub struct FunctionRequest {
     pub mounts: Option<Vec<MountRequest>>,
     pub network: Option<String>,
     pub freeze_idle: Option<bool>,
+    pub max_instances: Option<i64>,
+    pub idle_timeout_s: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -135,6 +139,8 @@ pub struct ValidFunction {
     pub mounts: Vec<MountRecord>,
     pub network: NetworkMode,
     pub freeze_idle: bool,
+    pub max_instances: Option<u32>,
+    pub idle_timeout_s: Option<u32>,
 }
 
 /// `none` or `bridge`, as stored and shown.
@@ -461,6 +467,16 @@ pub fn validate(req: FunctionRequest) -> Result<ValidFunction, ApiError> {
         mounts,
         network,
         freeze_idle: req.freeze_idle.unwrap_or(true),
+        max_instances: req
+            .max_instances
+            .map(|n| in_range("max_instances", n, MAX_INSTANCES_RANGE, "").map(|n| n as u32))
+            .transpose()?,
+        idle_timeout_s: req
+            .idle_timeout_s
+            .map(|t| {
+                in_range("idle_timeout_s", t, IDLE_TIMEOUT_S_RANGE, " seconds").map(|t| t as u32)
+            })
+            .transpose()?,
     })
 }
 
@@ -538,6 +554,10 @@ pub struct FunctionView {
     pub network: String,
     pub freeze_idle: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_instances: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_s: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub registry_auth: Option<RegistryAuthView>,
     pub prepull: bool,
     pub revision: u64,
@@ -580,6 +600,8 @@ impl From<&FunctionRecord> for FunctionView {
             mounts: r.mounts.clone(),
             network: r.network.clone(),
             freeze_idle: r.freeze_idle,
+            max_instances: r.max_instances,
+            idle_timeout_s: r.idle_timeout_s,
             registry_auth: r.registry_auth.as_ref().map(|a| RegistryAuthView {
                 username: a.username.clone(),
             }),
@@ -639,6 +661,8 @@ pub(crate) fn spec_of(app: &App, r: &FunctionRecord) -> Result<FunctionSpec, Api
         mounts: r.mounts.iter().map(bind_mount).collect(),
         network,
         freeze_idle: r.freeze_idle,
+        max_instances: r.max_instances.map(|n| n as usize),
+        idle_timeout: r.idle_timeout_s.map(|t| Duration::from_secs(t.into())),
         image_pinned: r.image_pinned.clone(),
         registry_auth: registry_auth(r.registry_auth.as_ref()),
         log: Arc::new(StoreLog::new(&app.logs, &r.name)),
@@ -828,6 +852,8 @@ async fn deploy(
         mounts: valid.mounts,
         network: network_name(valid.network).to_string(),
         freeze_idle: valid.freeze_idle,
+        max_instances: valid.max_instances,
+        idle_timeout_s: valid.idle_timeout_s,
         registry_auth: valid.registry_auth,
         prepull: valid.prepull,
         revision: existing.as_ref().map_or(1, |e| e.revision + 1),

@@ -55,6 +55,11 @@ pub struct FunctionSpec {
     pub network: NetworkMode,
     /// Freeze instances that have no request (after the pre-freeze hook); thaw on the next.
     pub freeze_idle: bool,
+    /// At most this many instances at once; `None`: the pool's `max_instances`.
+    pub max_instances: Option<usize>,
+    /// How long an idle instance is kept before it is stopped (zero: stopped right after its
+    /// call); `None`: the pool's `idle_timeout`.
+    pub idle_timeout: Option<Duration>,
     /// The image reference pinned by digest.
     pub image_pinned: String,
     pub registry_auth: RegistryAuth,
@@ -82,6 +87,14 @@ pub(crate) struct Revision {
 }
 
 impl Revision {
+    pub fn max_instances(&self, config: &PoolConfig) -> usize {
+        self.spec.max_instances.unwrap_or(config.max_instances)
+    }
+
+    pub fn idle_timeout(&self, config: &PoolConfig) -> Duration {
+        self.spec.idle_timeout.unwrap_or(config.idle_timeout)
+    }
+
     pub fn new(spec: FunctionSpec, config: &PoolConfig) -> Result<Arc<Revision>, DeployError> {
         if spec.memory_mb == 0 || spec.timeout.is_zero() || spec.disk_mb == 0 {
             return Err(DeployError::Invalid {
@@ -293,12 +306,13 @@ impl FunctionPool {
         st.members.drain().map(|(_, i)| i).collect()
     }
 
-    /// Idle instances that have been idle longer than `idle_timeout` or have exited.
-    pub fn take_expired(&self, idle_timeout: Duration) -> Vec<Arc<PoolInstance>> {
+    /// Idle instances that have been idle longer than their revision's idle timeout (`config`'s
+    /// when it sets none) or have exited.
+    pub fn take_expired(&self, config: &PoolConfig) -> Vec<Arc<PoolInstance>> {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let (expired, keep) = std::mem::take(&mut st.idle)
             .into_iter()
-            .partition(|i| i.exited() || i.idle_for() >= idle_timeout);
+            .partition(|i| i.exited() || i.idle_for() >= i.revision.idle_timeout(config));
         st.idle = keep;
         st.evict(&expired);
         expired

@@ -135,7 +135,7 @@ async fn invoke(
         }
     }
     let mut dead = Vec::new();
-    let acquired = fp.acquire(pool.config.max_instances, &mut dead);
+    let acquired = fp.acquire(fp.revision().max_instances(&pool.config), &mut dead);
     pool.stop_in_background(dead);
     let mut thaw_duration = None;
     // Failures before an instance serves are recorded here; the rest by `finish`.
@@ -208,7 +208,7 @@ async fn invoke(
     )
     .await;
     let keep = match &result {
-        Ok(_) => !pool.config.idle_timeout.is_zero(),
+        Ok(_) => !instance.revision.idle_timeout(&pool.config).is_zero(),
         Err(e) => !e.kills_instance(),
     };
     match fp.release(instance.clone(), keep) {

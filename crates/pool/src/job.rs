@@ -65,7 +65,7 @@ pub(crate) async fn run(
         )));
     }
     let mut dead = Vec::new();
-    match fp.acquire(pool.config.max_instances, &mut dead) {
+    match fp.acquire(revision.max_instances(&pool.config), &mut dead) {
         Ok(Acquired::Start(_)) => {}
         // Jobs leave no idle instance; one of another mode, from before an update, goes.
         Ok(Acquired::Warm(old)) => {

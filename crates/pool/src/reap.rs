@@ -1,5 +1,7 @@
 //! Scale-in: one sweeper task for the whole pool stops instances that have been idle for longer
-//! than the idle timeout, and notices idle instances that exited on their own.
+//! than their function's idle timeout (the pool's by default), and notices idle instances that
+//! exited on their own. It sweeps at least once a second, so a function's shorter timeout is
+//! kept within a second.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -36,7 +38,7 @@ fn sweep(pool: &PoolInner) {
         .cloned()
         .collect();
     for fp in functions {
-        let expired = fp.take_expired(pool.config.idle_timeout);
+        let expired = fp.take_expired(&pool.config);
         for i in &expired {
             if let Some(exit) = i.sandbox().exit_status() {
                 i.revision.spec.log.system(

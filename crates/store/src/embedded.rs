@@ -137,6 +137,8 @@ mod tests {
             image_digest: "sha256:00".into(),
             contract: "fc".into(),
             mode: "event".into(),
+            max_instances: None,
+            idle_timeout_s: None,
             port: 9000,
             memory_mb: 128,
             timeout_s: 60,

@@ -58,6 +58,13 @@ pub struct FunctionRecord {
     /// Freeze idle instances, thaw them on the next request.
     #[serde(default = "default_true")]
     pub freeze_idle: bool,
+    /// At most this many instances at once; none: the pool's default, 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_instances: Option<u32>,
+    /// Seconds an idle instance is kept (0: stopped after its call); none: the server's
+    /// `--idle-timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_s: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry_auth: Option<RegistryCredentials>,
     /// Whether deploy pulls the image (true) or only resolves it to a digest, leaving the pull

@@ -289,6 +289,13 @@ pub struct DeployArgs {
     /// Do not freeze idle instances
     #[arg(long)]
     pub no_freeze: bool,
+    /// At most this many instances at once (1-1000) [default: 100]
+    #[arg(long)]
+    pub max_instances: Option<u32>,
+    /// Seconds an idle instance is kept; 0 stops it right after its call [default: the
+    /// server's --idle-timeout]
+    #[arg(long = "idle-timeout")]
+    pub idle_timeout_s: Option<u32>,
 }
 
 /// `SOURCE:TARGET[:ro|:rw]` of `--mount`.

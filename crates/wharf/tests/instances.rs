@@ -106,3 +106,88 @@ async fn instances_show_their_state_requests_and_memory() {
     assert_eq!(missing.json()["error"]["code"], "FunctionNotFound");
     env.finish();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_s_own_max_instances_and_idle_timeout_hold() {
+    if skip_unless_root() {
+        return;
+    }
+    let env = TestEnv::start(WHARF, WharfOptions::default()).await;
+    // Through the CLI, as a user would set them.
+    let out = env.wharf.cli(&[
+        "deploy",
+        "one",
+        "--image",
+        &env.image,
+        "--max-instances",
+        "1",
+        "--idle-timeout",
+        "0",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = env.wharf.api("GET", "/v1/functions/one", None).await.json();
+    assert_eq!(
+        (
+            shown["max_instances"].as_u64(),
+            shown["idle_timeout_s"].as_u64()
+        ),
+        (Some(1), Some(0))
+    );
+
+    // One instance at most: a second call while the first runs is throttled.
+    let busy = {
+        let url = format!("{}/v1/functions/one/invoke", env.wharf.url());
+        let token = env.wharf.token().to_string();
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(url)
+                .bearer_auth(token)
+                .body(json!({"cmd": "sleep", "ms": 2000}).to_string())
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        })
+    };
+    let deadline = Instant::now() + patience();
+    while instances(&env, "one").await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the first call never got an instance"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let second = env.invoke("one", json!({"name": "b"})).await;
+    assert_eq!(second.status, 429, "{}", second.text());
+    assert_eq!(second.json()["error"]["code"], "ResourceExhausted");
+    assert!(
+        second.text().contains("maximum of 1 instances"),
+        "{}",
+        second.text()
+    );
+    assert_eq!(busy.await.unwrap().unwrap(), 200);
+
+    // Idle timeout 0: the instance is stopped after its call; the next call starts a new one.
+    let deadline = Instant::now() + patience();
+    while !instances(&env, "one").await.is_empty() {
+        assert!(Instant::now() < deadline, "the instance was kept");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let next = env.invoke("one", json!({"name": "c"})).await;
+    assert_eq!(next.status, 200, "{}", next.text());
+    assert_eq!(next.header("x-wharf-cold-start").as_deref(), Some("true"));
+
+    let bad = env
+        .put_function("bad", &json!({"image": env.image, "max_instances": 0}))
+        .await;
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    assert!(
+        bad.text().contains("max_instances: 0 is out of range"),
+        "{}",
+        bad.text()
+    );
+    env.finish();
+}
