@@ -54,6 +54,19 @@ pub(crate) async fn detached<T: Send + 'static>(
     tokio::spawn(work).await.map_err(ApiError::internal)?
 }
 
+/// `GET /metrics`: the pool's counters in Prometheus' text format.
+async fn metrics(
+    axum::extract::State(app): axum::extract::State<Arc<App>>,
+) -> impl axum::response::IntoResponse {
+    (
+        [(
+            http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        app.pool.metrics_text(),
+    )
+}
+
 /// Largest control-plane request body.
 pub const MAX_CONTROL_BODY_BYTES: usize = 1024 * 1024;
 
@@ -133,6 +146,7 @@ impl App {
             .route("/v1/functions/{name}/invocations", get(logs::invocations))
             .route("/v1/functions/{name}/instances", get(logs::instances))
             .route("/v1/images", get(images::list))
+            .route("/metrics", get(metrics))
             .route("/v1/images/prune", post(images::prune))
             .route_layer(from_fn_with_state(self.clone(), auth::require_token))
             // The Lambda Invoke API, with its own authentication (bearer or SigV4).

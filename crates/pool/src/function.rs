@@ -84,6 +84,8 @@ pub(crate) struct Revision {
     pub context: FunctionContext,
     /// The contract's requests for this revision, stamped per call.
     pub prepared: Prepared,
+    /// The function's counters, shared by all its revisions.
+    pub metrics: Arc<crate::metrics::FunctionMetrics>,
 }
 
 impl Revision {
@@ -95,7 +97,11 @@ impl Revision {
         self.spec.idle_timeout.unwrap_or(config.idle_timeout)
     }
 
-    pub fn new(spec: FunctionSpec, config: &PoolConfig) -> Result<Arc<Revision>, DeployError> {
+    pub fn new(
+        spec: FunctionSpec,
+        config: &PoolConfig,
+        metrics: Arc<crate::metrics::FunctionMetrics>,
+    ) -> Result<Arc<Revision>, DeployError> {
         if spec.memory_mb == 0 || spec.timeout.is_zero() || spec.disk_mb == 0 {
             return Err(DeployError::Invalid {
                 name: spec.name.clone(),
@@ -136,6 +142,7 @@ impl Revision {
             contract,
             context,
             prepared,
+            metrics,
         }))
     }
 }

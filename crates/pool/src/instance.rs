@@ -350,9 +350,9 @@ impl PoolInstance {
             .elapsed()
     }
 
-    /// What `GET /v1/functions/{name}/instances` shows of it.
-    pub fn info(&self) -> crate::InstanceInfo {
-        let state = if self.stopping() {
+    /// Where it is in its life, as listings and metrics show it.
+    pub fn state(&self) -> crate::InstanceState {
+        if self.stopping() {
             crate::InstanceState::Stopping
         } else if self.in_use() {
             crate::InstanceState::Busy
@@ -360,7 +360,12 @@ impl PoolInstance {
             crate::InstanceState::Frozen
         } else {
             crate::InstanceState::Idle
-        };
+        }
+    }
+
+    /// What `GET /v1/functions/{name}/instances` shows of it.
+    pub fn info(&self) -> crate::InstanceInfo {
+        let state = self.state();
         crate::InstanceInfo {
             id: self.id().to_string(),
             revision: self.revision.spec.revision,

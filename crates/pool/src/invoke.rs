@@ -233,6 +233,7 @@ pub(crate) fn refused(
     e: InvokeError,
 ) -> InvokeError {
     let r = record(revision, request_id, started_at, None, init, None, &Err(&e));
+    revision.metrics.observe(&r);
     revision.spec.log.invocation(&r);
     e
 }
@@ -274,6 +275,7 @@ pub(crate) async fn finish(
         log.system(instance.id(), &report::end_line(request_id));
         log.system(instance.id(), &report::report_line(&record));
     }
+    revision.metrics.observe(&record);
     log.invocation(&record);
 }
 

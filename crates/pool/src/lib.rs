@@ -24,6 +24,7 @@ pub mod instance_spec;
 mod invoke;
 mod job;
 mod listing;
+mod metrics;
 mod reap;
 mod report;
 mod runtime_api;
@@ -127,12 +128,16 @@ impl Pool {
     /// idle instances of an older revision are stopped now, busy ones when they finish.
     pub fn deploy(&self, spec: FunctionSpec) -> Result<(), DeployError> {
         let name = spec.name.clone();
-        let revision = function::Revision::new(spec, &self.inner.config)?;
         let mut functions = self
             .inner
             .functions
             .write()
             .unwrap_or_else(|e| e.into_inner());
+        let metrics = functions
+            .get(&name)
+            .map(|fp| fp.revision().metrics.clone())
+            .unwrap_or_default();
+        let revision = function::Revision::new(spec, &self.inner.config, metrics)?;
         match functions.get(&name) {
             Some(fp) => {
                 let stale = fp.install(revision);

@@ -191,3 +191,75 @@ async fn a_function_s_own_max_instances_and_idle_timeout_hold() {
     );
     env.finish();
 }
+
+/// One sample of the metrics text: the value of the line that starts with `series`.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_invocations_errors_throttles_and_instances() {
+    if skip_unless_root() {
+        return;
+    }
+    let env = TestEnv::start(WHARF, WharfOptions::default()).await;
+    env.deploy(
+        "m",
+        json!({"image": env.image, "freeze_idle": false, "max_instances": 1}),
+    )
+    .await;
+    assert_eq!(env.invoke("m", json!({"name": "a"})).await.status, 200);
+    assert_eq!(env.invoke("m", json!({"name": "b"})).await.status, 200);
+    let failed = env
+        .invoke("m", json!({"cmd": "status", "status": 404}))
+        .await;
+    assert_eq!(failed.status, 404);
+
+    let r = env.wharf.api("GET", "/metrics", None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.header("content-type")
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let text = r.text();
+    let get =
+        |series: &str| sample(&text, series).unwrap_or_else(|| panic!("no {series} in {text}"));
+    assert_eq!(
+        get(r#"wharf_invocations_total{function="m",status="success"}"#),
+        2.0
+    );
+    assert_eq!(
+        get(r#"wharf_invocations_total{function="m",status="function_error"}"#),
+        1.0
+    );
+    assert_eq!(
+        get(r#"wharf_invocations_total{function="m",status="error"}"#),
+        0.0
+    );
+    assert_eq!(get(r#"wharf_cold_starts_total{function="m"}"#), 1.0);
+    assert_eq!(
+        get(r#"wharf_invocation_duration_seconds_count{function="m"}"#),
+        3.0
+    );
+    assert_eq!(
+        get(r#"wharf_invocation_duration_seconds_bucket{function="m",le="+Inf"}"#),
+        3.0
+    );
+    assert!(get(r#"wharf_invocation_duration_seconds_sum{function="m"}"#) > 0.0);
+    assert_eq!(get(r#"wharf_instances{function="m",state="idle"}"#), 1.0);
+    assert_eq!(get(r#"wharf_throttles_total{function="m"}"#), 0.0);
+    assert!(text.contains("# TYPE wharf_invocation_duration_seconds histogram"));
+
+    let anonymous = env
+        .wharf
+        .api_with_token("GET", "/metrics", None, None)
+        .await;
+    assert_eq!(
+        anonymous.status, 401,
+        "metrics need the token like the rest of the API"
+    );
+    env.finish();
+}
