@@ -162,12 +162,29 @@ struct State {
 pub(crate) struct FunctionPool {
     revision: Mutex<Arc<Revision>>,
     state: Mutex<State>,
+    /// Woken when a slot frees (a release, a failed start): a queued request tries again.
+    freed: tokio::sync::Notify,
+    /// Requests waiting for a slot.
+    queued: std::sync::atomic::AtomicUsize,
+}
+
+/// A request's place in its function's queue, given back when dropped.
+pub(crate) struct Queued<'a>(&'a FunctionPool);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0
+            .queued
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// Why [`FunctionPool::acquire`] gave nothing.
 pub(crate) enum Refused {
     /// Every instance is busy and no more may start.
     Full { max: usize },
+    /// The pool is shutting down.
+    ShuttingDown,
     /// The function was removed.
     Retired,
 }
@@ -185,7 +202,30 @@ impl FunctionPool {
         FunctionPool {
             revision: Mutex::new(revision),
             state: Mutex::new(State::default()),
+            freed: tokio::sync::Notify::new(),
+            queued: std::sync::atomic::AtomicUsize::new(0),
         }
+    }
+
+    /// A place in the queue, if fewer than `max` requests wait.
+    pub fn enqueue(&self, max: usize) -> Option<Queued<'_>> {
+        use std::sync::atomic::Ordering;
+        self.queued
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Queued(self))
+    }
+
+    /// How many requests wait for a slot.
+    pub fn queued(&self) -> usize {
+        self.queued.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Resolves when a slot may have freed since it was created and enabled.
+    pub fn freed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.freed.notified()
     }
 
     pub fn revision(&self) -> Arc<Revision> {
@@ -241,6 +281,8 @@ impl FunctionPool {
     pub fn cancel_start(&self) {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         st.busy -= 1;
+        drop(st);
+        self.freed.notify_one();
     }
 
     /// Every instance the pool has not decided to stop, oldest first.
@@ -262,6 +304,12 @@ impl FunctionPool {
     /// Returns an instance after a request. `Some(instance)` if it must be stopped instead of
     /// kept (older revision, function removed, or `healthy` is false).
     pub fn release(&self, instance: Arc<PoolInstance>, healthy: bool) -> Option<Arc<PoolInstance>> {
+        let gone = self.put_back(instance, healthy);
+        self.freed.notify_one();
+        gone
+    }
+
+    fn put_back(&self, instance: Arc<PoolInstance>, healthy: bool) -> Option<Arc<PoolInstance>> {
         let current = self.revision();
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         st.busy -= 1;

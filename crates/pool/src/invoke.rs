@@ -135,7 +135,7 @@ async fn invoke(
         }
     }
     let mut dead = Vec::new();
-    let acquired = fp.acquire(fp.revision().max_instances(&pool.config), &mut dead);
+    let acquired = acquire_or_queue(pool, fp, &mut dead).await;
     pool.stop_in_background(dead);
     let mut thaw_duration = None;
     // Failures before an instance serves are recorded here; the rest by `finish`.
@@ -187,6 +187,7 @@ async fn invoke(
             };
             return unserved(&revision, false, e);
         }
+        Err(Refused::ShuttingDown) => return Err(InvokeError::ShuttingDown),
         // Removed between the lookup and now.
         Err(Refused::Retired) => {
             return Err(InvokeError::FunctionNotFound {
@@ -335,6 +336,45 @@ pub(crate) fn record(
         http_status: http_status.map(|s| s.as_u16()),
         error_code,
         error,
+    }
+}
+
+/// How many requests may wait for a slot of one function, per instance it may have.
+pub const QUEUE_PER_INSTANCE: usize = 10;
+
+/// A warm instance or a slot for a new one; when the function has all its instances busy, a
+/// place in its queue until one frees — for at most the function's timeout, and only while
+/// fewer than [`QUEUE_PER_INSTANCE`] requests per instance wait; beyond that it is refused.
+pub(crate) async fn acquire_or_queue(
+    pool: &PoolInner,
+    fp: &FunctionPool,
+    dead: &mut Vec<Arc<PoolInstance>>,
+) -> Result<Acquired, Refused> {
+    let revision = fp.revision();
+    let max = revision.max_instances(&pool.config);
+    let deadline = tokio::time::Instant::now() + revision.spec.timeout;
+    let mut place = None;
+    loop {
+        // Armed before looking, so that a release between the look and the wait is not missed.
+        let freed = fp.freed();
+        tokio::pin!(freed);
+        freed.as_mut().enable();
+        match fp.acquire(max, dead) {
+            Err(Refused::Full { max }) => {
+                if place.is_none() {
+                    place = fp.enqueue(max.saturating_mul(QUEUE_PER_INSTANCE));
+                    if place.is_none() {
+                        return Err(Refused::Full { max });
+                    }
+                }
+                tokio::select! {
+                    () = &mut freed => {}
+                    () = tokio::time::sleep_until(deadline) => return Err(Refused::Full { max }),
+                    () = pool.shutdown.cancelled() => return Err(Refused::ShuttingDown),
+                }
+            }
+            other => return other,
+        }
     }
 }
 

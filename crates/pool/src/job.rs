@@ -65,7 +65,7 @@ pub(crate) async fn run(
         )));
     }
     let mut dead = Vec::new();
-    match fp.acquire(revision.max_instances(&pool.config), &mut dead) {
+    match crate::invoke::acquire_or_queue(pool, fp, &mut dead).await {
         Ok(Acquired::Start(_)) => {}
         // Jobs leave no idle instance; one of another mode, from before an update, goes.
         Ok(Acquired::Warm(old)) => {
@@ -84,6 +84,7 @@ pub(crate) async fn run(
                 max,
             });
         }
+        Err(Refused::ShuttingDown) => return Err(InvokeError::ShuttingDown),
         Err(Refused::Retired) => return Err(InvokeError::FunctionNotFound { name: name.clone() }),
     }
     pool.stop_in_background(dead);

@@ -1,6 +1,6 @@
 //! Counters per function, kept by the pool as invocations end, and their Prometheus text
-//! (`GET /metrics`): invocations by status, throttles, cold starts, a duration histogram, and
-//! instances by state. A function's counters live as long as it does (across its updates).
+//! (`GET /metrics`): invocations by status, throttles, cold starts, a duration histogram,
+//! requests queued, and instances by state. A function's counters live as long as it does (across its updates).
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -137,6 +137,20 @@ impl Pool {
                         "wharf_invocation_duration_seconds_bucket{{function=\"{f}\",le=\"+Inf\"}} {cumulative}\n\
                          wharf_invocation_duration_seconds_sum{{function=\"{f}\"}} {sum}\n\
                          wharf_invocation_duration_seconds_count{{function=\"{f}\"}} {cumulative}"
+                    );
+                }
+            },
+        );
+        section(
+            "wharf_queued_requests",
+            "gauge",
+            "Requests waiting for an instance of the function to free.",
+            &mut |out| {
+                for (f, fp) in &functions {
+                    let _ = writeln!(
+                        out,
+                        "wharf_queued_requests{{function=\"{f}\"}} {}",
+                        fp.queued()
                     );
                 }
             },

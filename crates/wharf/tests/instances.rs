@@ -107,8 +107,28 @@ async fn instances_show_their_state_requests_and_memory() {
     env.finish();
 }
 
+fn spawn_invoke(env: &TestEnv, name: &str, event: Value) -> tokio::task::JoinHandle<u16> {
+    let url = format!("{}/v1/functions/{name}/invoke", env.wharf.url());
+    let token = env.wharf.token().to_string();
+    tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(url)
+            .bearer_auth(token)
+            .body(event.to_string())
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    })
+}
+
+async fn metric(env: &TestEnv, series: &str) -> Option<f64> {
+    let text = env.wharf.api("GET", "/metrics", None).await.text();
+    sample(&text, series)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_function_s_own_max_instances_and_idle_timeout_hold() {
+async fn a_function_s_own_max_instances_queue_and_idle_timeout_hold() {
     if skip_unless_root() {
         return;
     }
@@ -121,8 +141,7 @@ async fn a_function_s_own_max_instances_and_idle_timeout_hold() {
         &env.image,
         "--max-instances",
         "1",
-        "--idle-timeout",
-        "0",
+        "--no-freeze",
     ]);
     assert!(
         out.status.success(),
@@ -130,53 +149,56 @@ async fn a_function_s_own_max_instances_and_idle_timeout_hold() {
         String::from_utf8_lossy(&out.stderr)
     );
     let shown = env.wharf.api("GET", "/v1/functions/one", None).await.json();
-    assert_eq!(
-        (
-            shown["max_instances"].as_u64(),
-            shown["idle_timeout_s"].as_u64()
-        ),
-        (Some(1), Some(0))
-    );
+    assert_eq!(shown["max_instances"], 1);
 
-    // One instance at most: a second call while the first runs is throttled.
-    let busy = {
-        let url = format!("{}/v1/functions/one/invoke", env.wharf.url());
-        let token = env.wharf.token().to_string();
-        tokio::spawn(async move {
-            reqwest::Client::new()
-                .post(url)
-                .bearer_auth(token)
-                .body(json!({"cmd": "sleep", "ms": 2000}).to_string())
-                .send()
-                .await
-                .map(|r| r.status().as_u16())
-        })
-    };
+    // One instance at most: calls beyond it wait in the queue and are all served by it, in
+    // turn; the queue holds 10 per instance, and a call beyond that is refused at once.
+    let first = env.invoke("one", json!({"name": "warm"})).await;
+    let instance = first.header("x-wharf-instance-id").unwrap();
+    let calls: Vec<_> = (0..11)
+        .map(|_| spawn_invoke(&env, "one", json!({"cmd": "sleep", "ms": 300})))
+        .collect();
+    let queued = r#"wharf_queued_requests{function="one"}"#;
     let deadline = Instant::now() + patience();
-    while instances(&env, "one").await.is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the first call never got an instance"
-        );
+    while metric(&env, queued).await != Some(10.0) {
+        assert!(Instant::now() < deadline, "the queue never held 10");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let second = env.invoke("one", json!({"name": "b"})).await;
-    assert_eq!(second.status, 429, "{}", second.text());
-    assert_eq!(second.json()["error"]["code"], "ResourceExhausted");
+    let refused = env.invoke("one", json!({"name": "too many"})).await;
+    assert_eq!(refused.status, 429, "{}", refused.text());
+    assert_eq!(refused.json()["error"]["code"], "ResourceExhausted");
     assert!(
-        second.text().contains("maximum of 1 instances"),
+        refused.text().contains("maximum of 1 instances"),
         "{}",
-        second.text()
+        refused.text()
     );
-    assert_eq!(busy.await.unwrap().unwrap(), 200);
+    for c in calls {
+        assert_eq!(c.await.unwrap(), 200, "a queued call was served");
+    }
+    let list = instances(&env, "one").await;
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(
+        list[0]["id"],
+        instance.as_str(),
+        "the one instance served them all"
+    );
+    assert_eq!(list[0]["requests"], 12);
+    assert_eq!(metric(&env, queued).await, Some(0.0));
+    assert_eq!(
+        metric(&env, r#"wharf_throttles_total{function="one"}"#).await,
+        Some(1.0)
+    );
 
     // Idle timeout 0: the instance is stopped after its call; the next call starts a new one.
+    env.deploy("zero", json!({"image": env.image, "idle_timeout_s": 0}))
+        .await;
+    assert_eq!(env.invoke("zero", json!({"name": "a"})).await.status, 200);
     let deadline = Instant::now() + patience();
-    while !instances(&env, "one").await.is_empty() {
+    while !instances(&env, "zero").await.is_empty() {
         assert!(Instant::now() < deadline, "the instance was kept");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let next = env.invoke("one", json!({"name": "c"})).await;
+    let next = env.invoke("zero", json!({"name": "c"})).await;
     assert_eq!(next.status, 200, "{}", next.text());
     assert_eq!(next.header("x-wharf-cold-start").as_deref(), Some("true"));
 
