@@ -97,6 +97,40 @@ async fn a_lambda_runtime_function_runs_unchanged() {
     let marked = failed.header("x-wharf-function-error").expect("marked");
     assert!(marked.starts_with("Unhandled"), "{marked}");
 
+    // The same through the Lambda Invoke API, as an AWS SDK would call it.
+    let sdk = env
+        .wharf
+        .api(
+            "POST",
+            "/2015-03-31/functions/rusty/invocations",
+            Some(
+                json!({"cmd": "fail", "message": "via the SDK"})
+                    .to_string()
+                    .into_bytes(),
+            ),
+        )
+        .await;
+    assert_eq!(sdk.status, 200, "{}", sdk.text());
+    assert_eq!(
+        sdk.header("x-amz-function-error").as_deref(),
+        Some("Unhandled")
+    );
+    assert_eq!(sdk.json()["errorMessage"], "via the SDK");
+    let ok = env
+        .wharf
+        .api(
+            "POST",
+            "/2015-03-31/functions/function/invocations",
+            Some(json!({"name": "emulator"}).to_string().into_bytes()),
+        )
+        .await;
+    assert_eq!(
+        ok.status,
+        404,
+        "the emulator path names the function `function`: {}",
+        ok.text()
+    );
+
     // A timeout: 504, and the next call gets a new instance.
     let slow = env
         .invoke("rusty", json!({"cmd": "sleep", "ms": 5000}))
