@@ -27,6 +27,8 @@ pub const COMMAND_MAX_CHARS: usize = 5120;
 pub const MEMORY_MB_RANGE: (i64, i64) = (64, 32 * 1024);
 pub const TIMEOUT_S_RANGE: (i64, i64) = (1, 86_400);
 pub const MAX_INSTANCES_RANGE: (i64, i64) = (1, 1000);
+/// The pool's `max_instances` when the function sets none.
+pub const DEFAULT_MAX_INSTANCES: i64 = 100;
 pub const IDLE_TIMEOUT_S_RANGE: (i64, i64) = (0, 86_400);
 /// Lambda's own limits, for `lambda` functions.
 pub const LAMBDA_MEMORY_MB_RANGE: (i64, i64) = (128, 10_240);
@@ -87,6 +89,7 @@ pub struct FunctionRequest {
     pub mounts: Option<Vec<MountRequest>>,
     pub network: Option<String>,
     pub freeze_idle: Option<bool>,
+    pub min_instances: Option<i64>,
     pub max_instances: Option<i64>,
     pub idle_timeout_s: Option<i64>,
 }
@@ -139,6 +142,7 @@ pub struct ValidFunction {
     pub mounts: Vec<MountRecord>,
     pub network: NetworkMode,
     pub freeze_idle: bool,
+    pub min_instances: u32,
     pub max_instances: Option<u32>,
     pub idle_timeout_s: Option<u32>,
 }
@@ -401,6 +405,27 @@ pub fn validate(req: FunctionRequest) -> Result<ValidFunction, ApiError> {
         req.pre_stop,
         (HOOK_TIMEOUT_S_RANGE, HOOK_DEFAULT_TIMEOUT_S),
     )?;
+    let min_instances = match req.min_instances {
+        None => 0,
+        Some(n) => {
+            let most = req
+                .max_instances
+                .unwrap_or(DEFAULT_MAX_INSTANCES)
+                .min(MAX_INSTANCES_RANGE.1);
+            in_range(
+                "min_instances",
+                n,
+                (0, most),
+                " (it cannot exceed max_instances)",
+            )? as u32
+        }
+    };
+    if mode == FunctionMode::Job && min_instances > 0 {
+        return Err(ApiError::invalid(
+            "min_instances",
+            "a job starts an instance per event; it has no reserve to keep",
+        ));
+    }
     if mode == FunctionMode::Job {
         for (field, set) in [
             ("initializer", initializer.is_some()),
@@ -471,6 +496,7 @@ pub fn validate(req: FunctionRequest) -> Result<ValidFunction, ApiError> {
             .max_instances
             .map(|n| in_range("max_instances", n, MAX_INSTANCES_RANGE, "").map(|n| n as u32))
             .transpose()?,
+        min_instances,
         idle_timeout_s: req
             .idle_timeout_s
             .map(|t| {
@@ -553,6 +579,7 @@ pub struct FunctionView {
     pub mounts: Vec<MountRecord>,
     pub network: String,
     pub freeze_idle: bool,
+    pub min_instances: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_instances: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -600,6 +627,7 @@ impl From<&FunctionRecord> for FunctionView {
             mounts: r.mounts.clone(),
             network: r.network.clone(),
             freeze_idle: r.freeze_idle,
+            min_instances: r.min_instances,
             max_instances: r.max_instances,
             idle_timeout_s: r.idle_timeout_s,
             registry_auth: r.registry_auth.as_ref().map(|a| RegistryAuthView {
@@ -661,6 +689,7 @@ pub(crate) fn spec_of(app: &App, r: &FunctionRecord) -> Result<FunctionSpec, Api
         mounts: r.mounts.iter().map(bind_mount).collect(),
         network,
         freeze_idle: r.freeze_idle,
+        min_instances: r.min_instances as usize,
         max_instances: r.max_instances.map(|n| n as usize),
         idle_timeout: r.idle_timeout_s.map(|t| Duration::from_secs(t.into())),
         image_pinned: r.image_pinned.clone(),
@@ -852,6 +881,7 @@ async fn deploy(
         mounts: valid.mounts,
         network: network_name(valid.network).to_string(),
         freeze_idle: valid.freeze_idle,
+        min_instances: valid.min_instances,
         max_instances: valid.max_instances,
         idle_timeout_s: valid.idle_timeout_s,
         registry_auth: valid.registry_auth,

@@ -57,6 +57,9 @@ pub struct FunctionSpec {
     pub freeze_idle: bool,
     /// At most this many instances at once; `None`: the pool's `max_instances`.
     pub max_instances: Option<usize>,
+    /// Instances kept started and warm whether or not requests come (reserved), re-created
+    /// when they die; never stopped for being idle.
+    pub min_instances: usize,
     /// How long an idle instance is kept before it is stopped (zero: stopped right after its
     /// call); `None`: the pool's `idle_timeout`.
     pub idle_timeout: Option<Duration>,
@@ -362,15 +365,51 @@ impl FunctionPool {
     }
 
     /// Idle instances that have been idle longer than their revision's idle timeout (`config`'s
-    /// when it sets none) or have exited.
+    /// when it sets none) or have exited — but for the current revision's `min_instances`,
+    /// which are kept however long they idle.
     pub fn take_expired(&self, config: &PoolConfig) -> Vec<Arc<PoolInstance>> {
+        let reserved = self.revision().spec.min_instances;
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let (expired, keep) = std::mem::take(&mut st.idle)
+        let (mut expired, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut st.idle)
             .into_iter()
             .partition(|i| i.exited() || i.idle_for() >= i.revision.idle_timeout(config));
         st.idle = keep;
+        // The reserve stays: as many of the expired live ones as it lacks, the most recently
+        // used of them (both lists are most recently used last).
+        let mut lacking = reserved.saturating_sub(st.members.len() - expired.len());
+        let mut at = expired.len();
+        let mut spared = Vec::new();
+        while lacking > 0 && at > 0 {
+            at -= 1;
+            if !expired[at].exited() {
+                spared.push(expired.remove(at));
+                lacking -= 1;
+            }
+        }
+        for i in spared {
+            st.idle.insert(0, i);
+        }
         st.evict(&expired);
         expired
+    }
+
+    /// How many more instances the current revision's `min_instances` wants started now, with
+    /// their slots reserved (each to be [`register`](Self::register)ed and released, or
+    /// [`cancel_start`](Self::cancel_start)ed).
+    pub fn reserve_missing(&self, max_instances: usize) -> (Arc<Revision>, usize) {
+        let revision = self.revision();
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if st.retired {
+            return (revision, 0);
+        }
+        // Members, plus starts in progress (counted busy, not members yet).
+        let in_use = st.members.values().filter(|i| i.in_use()).count();
+        let starting = st.busy.saturating_sub(in_use);
+        let have = st.members.len() + starting;
+        let room = max_instances.saturating_sub(st.busy + st.idle.len());
+        let n = revision.spec.min_instances.saturating_sub(have).min(room);
+        st.busy += n;
+        (revision, n)
     }
 }
 

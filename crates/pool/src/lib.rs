@@ -138,15 +138,21 @@ impl Pool {
             .map(|fp| fp.revision().metrics.clone())
             .unwrap_or_default();
         let revision = function::Revision::new(spec, &self.inner.config, metrics)?;
-        match functions.get(&name) {
+        let fp = match functions.get(&name) {
             Some(fp) => {
                 let stale = fp.install(revision);
                 self.inner.stop_in_background(stale);
+                fp.clone()
             }
             None => {
-                functions.insert(name, Arc::new(FunctionPool::new(revision)));
+                let fp = Arc::new(FunctionPool::new(revision));
+                functions.insert(name, fp.clone());
+                fp
             }
-        }
+        };
+        drop(functions);
+        // The reserve (`min_instances`) starts now, not at the next sweep.
+        reap::keep_reserve(&self.inner, &fp);
         Ok(())
     }
 

@@ -58,6 +58,9 @@ pub struct FunctionRecord {
     /// Freeze idle instances, thaw them on the next request.
     #[serde(default = "default_true")]
     pub freeze_idle: bool,
+    /// Instances kept started and warm (reserved).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub min_instances: u32,
     /// At most this many instances at once; none: the pool's default, 100.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_instances: Option<u32>,
@@ -80,6 +83,10 @@ pub struct FunctionRecord {
 
 fn default_true() -> bool {
     true
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 fn default_mode() -> String {

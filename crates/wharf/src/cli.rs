@@ -289,6 +289,9 @@ pub struct DeployArgs {
     /// Do not freeze idle instances
     #[arg(long)]
     pub no_freeze: bool,
+    /// Keep this many instances started and warm, re-created if they die (reserved)
+    #[arg(long)]
+    pub min_instances: Option<u32>,
     /// At most this many instances at once (1-1000) [default: 100]
     #[arg(long)]
     pub max_instances: Option<u32>,

@@ -205,6 +205,9 @@ async fn deploy(client: &Client, a: DeployArgs) -> anyhow::Result<ExitCode> {
     if let Some(t) = a.pre_stop_timeout {
         body["pre_stop"] = json!({ "timeout_s": t });
     }
+    if let Some(n) = a.min_instances {
+        body["min_instances"] = json!(n);
+    }
     if let Some(n) = a.max_instances {
         body["max_instances"] = json!(n);
     }

@@ -285,3 +285,97 @@ async fn metrics_count_invocations_errors_throttles_and_instances() {
     );
     env.finish();
 }
+
+/// The ids of `name`'s live (not stopping) instances, once there are `n` of them.
+async fn wait_for_live(env: &TestEnv, name: &str, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + patience();
+    loop {
+        let live: Vec<String> = instances(env, name)
+            .await
+            .iter()
+            .filter(|i| i["state"] != "stopping")
+            .map(|i| i["id"].as_str().unwrap().to_string())
+            .collect();
+        if live.len() == n {
+            return live;
+        }
+        assert!(Instant::now() < deadline, "never {n} instances: {live:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_instances_are_started_at_deploy_kept_when_idle_and_replaced_when_they_die() {
+    if skip_unless_root() {
+        return;
+    }
+    let env = TestEnv::start(WHARF, WharfOptions::default()).await;
+    env.deploy(
+        "reserved",
+        json!({"image": env.image, "min_instances": 2, "idle_timeout_s": 1, "freeze_idle": false}),
+    )
+    .await;
+    // Started by the deploy, before any call.
+    let before = wait_for_live(&env, "reserved", 2).await;
+    let first = env.invoke("reserved", json!({"name": "a"})).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(
+        first.header("x-wharf-cold-start").as_deref(),
+        Some("false"),
+        "the reserve is warm"
+    );
+
+    // Idle far past idle_timeout_s: still there.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(wait_for_live(&env, "reserved", 2).await.len(), 2);
+
+    // One dies: it is replaced.
+    let crash = env
+        .invoke("reserved", json!({"cmd": "exit", "code": 3}))
+        .await;
+    assert_eq!(crash.status, 502, "{}", crash.text());
+    let rid = crash.header("x-wharf-request-id").unwrap();
+    let record = env
+        .wharf
+        .api(
+            "GET",
+            &format!("/v1/functions/reserved/invocations?request={rid}"),
+            None,
+        )
+        .await
+        .json();
+    let dead = record["invocations"][0]["instance"]
+        .as_str()
+        .expect("the instance")
+        .to_string();
+    let deadline = Instant::now() + patience();
+    let after = loop {
+        let live = wait_for_live(&env, "reserved", 2).await;
+        if !live.contains(&dead) {
+            break live;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dead instance was not replaced"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        before.iter().any(|i| after.contains(i)),
+        "the other one stayed"
+    );
+
+    let bad = env
+        .put_function(
+            "bad",
+            &json!({"image": env.image, "min_instances": 5, "max_instances": 2}),
+        )
+        .await;
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    assert!(
+        bad.text().contains("min_instances: 5 is out of range"),
+        "{}",
+        bad.text()
+    );
+    env.finish();
+}
