@@ -15,6 +15,7 @@
 //! - `TESTFN_PRE_FREEZE_STATUS`, `TESTFN_PRE_STOP_STATUS`: status `GET /pre-freeze` and
 //!   `GET /pre-stop` answer (default 200); each call prints `testfn: pre-freeze called` or
 //!   `testfn: pre-stop called`.
+//! - `TESTFN_START_DELAY_MS`: wait this long before listening (a slow cold start).
 //! - `TESTFN_IGNORE_SIGTERM=1`: do not handle SIGTERM (as pid 1, it is then ignored).
 //! - `TESTFN_KEEPALIVE_MS`: close a connection that sends no request for this long (as Node's
 //!   `keepAliveTimeout` does; default: keep it).
@@ -641,6 +642,12 @@ fn main() {
             }
         }
         _ => {}
+    }
+    if let Some(ms) = std::env::var("TESTFN_START_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        std::thread::sleep(Duration::from_millis(ms));
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
