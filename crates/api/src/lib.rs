@@ -12,6 +12,7 @@ pub mod aws;
 pub mod error;
 pub mod functions;
 pub mod images;
+pub mod instances;
 pub mod invoke;
 pub mod logs;
 pub mod server;
@@ -52,19 +53,6 @@ pub(crate) async fn detached<T: Send + 'static>(
     work: impl std::future::Future<Output = Result<T, ApiError>> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::spawn(work).await.map_err(ApiError::internal)?
-}
-
-/// `GET /metrics`: the pool's counters in Prometheus' text format.
-async fn metrics(
-    axum::extract::State(app): axum::extract::State<Arc<App>>,
-) -> impl axum::response::IntoResponse {
-    (
-        [(
-            http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        app.pool.metrics_text(),
-    )
 }
 
 /// Largest control-plane request body.
@@ -144,9 +132,9 @@ impl App {
             .route("/v1/functions/{name}/http/{*path}", trigger())
             .route("/v1/functions/{name}/logs", get(logs::get))
             .route("/v1/functions/{name}/invocations", get(logs::invocations))
-            .route("/v1/functions/{name}/instances", get(logs::instances))
+            .route("/v1/functions/{name}/instances", get(instances::list))
             .route("/v1/images", get(images::list))
-            .route("/metrics", get(metrics))
+            .route("/metrics", get(instances::metrics))
             .route("/v1/images/prune", post(images::prune))
             .route_layer(from_fn_with_state(self.clone(), auth::require_token))
             // The Lambda Invoke API, with its own authentication (bearer or SigV4).

@@ -1,6 +1,6 @@
 //! Function logs: the sink instances print into (and the pool writes invocation records into),
-//! `GET /v1/functions/{name}/logs` (also followed, as a stream),
-//! `GET /v1/functions/{name}/invocations` and `GET /v1/functions/{name}/instances`.
+//! `GET /v1/functions/{name}/logs` (also followed, as a stream) and
+//! `GET /v1/functions/{name}/invocations`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -289,24 +289,6 @@ pub async fn invocations(
     Ok(Json(Invocations {
         invocations: records,
     }))
-}
-
-#[derive(Serialize)]
-pub struct Instances {
-    pub instances: Vec<wharf_pool::InstanceInfo>,
-}
-
-/// `GET /v1/functions/{name}/instances`: the function's instances, oldest first: state (`busy`,
-/// `idle`, `frozen`, `stopping`), revision, since, requests served, memory now and peak.
-pub async fn instances(
-    State(app): State<Arc<App>>,
-    Path(name): Path<String>,
-) -> Result<Json<Instances>, ApiError> {
-    let instances = app
-        .pool
-        .instances(&name)
-        .ok_or_else(|| ApiError::function_not_found(&name))?;
-    Ok(Json(Instances { instances }))
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use serde::Deserialize;
-use wharf_contract::{FunctionMode, HttpCall, Outcome, apigw};
+use wharf_contract::{ContractKind, FunctionMode, HttpCall, Outcome, apigw};
 use wharf_pool::Invocation;
 
 use crate::invoke::{MAX_EVENT_BYTES, REQUEST_ID, new_request_id, response_of, wharf_headers};
@@ -94,7 +94,7 @@ fn call_of(
 }
 
 async fn serve(app: &App, name: &str, request_id: &str, call: HttpCall) -> Response {
-    let Some(mode) = app.pool.mode_of(name) else {
+    let Some((contract, mode)) = app.pool.contract_and_mode(name) else {
         return ApiError::function_not_found(name).into_response();
     };
     let result = match mode {
@@ -112,23 +112,24 @@ async fn serve(app: &App, name: &str, request_id: &str, call: HttpCall) -> Respo
                      HTTP trigger; invoke it with POST /v1/functions/{name}/invoke"
                 ),
             )
-            .into_response();
+            .for_contract(Some(contract));
         }
         FunctionMode::Event => {
             let event = apigw::event(&call, request_id);
-            match app.pool.invoke(name, request_id, event).await {
-                Ok(inv) => Ok(gateway_response(name, inv)),
-                Err(e) => Err(e),
-            }
+            app.pool
+                .invoke(name, request_id, event)
+                .await
+                .map(|inv| gateway_response(name, contract, inv))
         }
     };
-    result.unwrap_or_else(|e| ApiError::from(e).for_contract(app.pool.contract_of(name)))
+    result.unwrap_or_else(|e| ApiError::from(e).for_contract(Some(contract)))
 }
 
 /// An event function's answer, read as an API-gateway response.
-fn gateway_response(name: &str, inv: Invocation) -> Response {
+fn gateway_response(name: &str, contract: ContractKind, inv: Invocation) -> Response {
     let error = |code: &'static str, message: String| {
-        let mut resp = ApiError::new(StatusCode::BAD_GATEWAY, code, message).into_response();
+        let mut resp =
+            ApiError::new(StatusCode::BAD_GATEWAY, code, message).for_contract(Some(contract));
         wharf_headers(resp.headers_mut(), &inv);
         resp
     };

@@ -376,7 +376,7 @@ impl FunctionPool {
         st.idle = keep;
         // The reserve stays: as many of the expired live ones as it lacks, the most recently
         // used of them (both lists are most recently used last).
-        let mut lacking = reserved.saturating_sub(st.members.len() - expired.len());
+        let mut lacking = reserved.saturating_sub(st.members.len().saturating_sub(expired.len()));
         let mut at = expired.len();
         let mut spared = Vec::new();
         while lacking > 0 && at > 0 {

@@ -83,9 +83,14 @@ impl Pool {
         Some(self.inner.function(name)?.revision().spec.contract)
     }
 
-    /// Whether function `name` takes events or HTTP requests; `None` if there is no such function.
-    pub fn mode_of(&self, name: &str) -> Option<FunctionMode> {
-        Some(self.inner.function(name)?.revision().spec.mode)
+    /// Function `name`'s contract and whether it takes events, HTTP requests or runs as a job;
+    /// `None` if there is no such function.
+    pub fn contract_and_mode(
+        &self,
+        name: &str,
+    ) -> Option<(wharf_contract::ContractKind, FunctionMode)> {
+        let spec = &self.inner.function(name)?.revision().spec;
+        Some((spec.contract, spec.mode))
     }
 
     async fn call(

@@ -56,7 +56,7 @@ fn sweep(pool: &Arc<PoolInner>) {
 /// Starts the instances a function's `min_instances` lacks (after a deploy, or when one died),
 /// in the background; each becomes idle once ready.
 pub(crate) fn keep_reserve(pool: &Arc<PoolInner>, fp: &Arc<crate::function::FunctionPool>) {
-    let (revision, missing) = fp.reserve_missing(revision_max(pool, fp));
+    let (revision, missing) = fp.reserve_missing(fp.revision().max_instances(&pool.config));
     for _ in 0..missing {
         let (pool2, fp, revision) = (pool.clone(), fp.clone(), revision.clone());
         pool.tasks.spawn(async move {
@@ -76,8 +76,4 @@ pub(crate) fn keep_reserve(pool: &Arc<PoolInner>, fp: &Arc<crate::function::Func
             }
         });
     }
-}
-
-fn revision_max(pool: &PoolInner, fp: &crate::function::FunctionPool) -> usize {
-    fp.revision().max_instances(&pool.config)
 }

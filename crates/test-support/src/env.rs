@@ -81,6 +81,24 @@ impl TestEnv {
             .await
     }
 
+    /// Invokes `name` with `event` in a task of its own, for calls that must run while the test
+    /// goes on; the task ends with the answer's status (0 when the call failed to be sent).
+    pub fn invoke_in_background(&self, name: &str, event: Value) -> tokio::task::JoinHandle<u16> {
+        crate::install_crypto_provider();
+        let url = format!("{}/v1/functions/{name}/invoke", self.wharf.url());
+        let token = self.wharf.token().to_string();
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(url)
+                .bearer_auth(token)
+                .body(event.to_string())
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        })
+    }
+
     /// Invokes `name`, which must answer 200 with JSON; returns it.
     pub async fn invoke_json(&self, name: &str, event: Value) -> Value {
         let resp = self.invoke(name, event.clone()).await;

@@ -42,19 +42,7 @@ async fn instances_show_their_state_requests_and_memory() {
     let first = env.invoke("ps", json!({"name": "a"})).await;
     let id = first.header("x-wharf-instance-id").unwrap();
     // While a call runs, its instance is busy.
-    let slow = {
-        let url = format!("{}/v1/functions/ps/invoke", env.wharf.url());
-        let token = env.wharf.token().to_string();
-        tokio::spawn(async move {
-            reqwest::Client::new()
-                .post(url)
-                .bearer_auth(token)
-                .body(json!({"cmd": "sleep", "ms": 1500}).to_string())
-                .send()
-                .await
-                .map(|r| r.status().as_u16())
-        })
-    };
+    let slow = env.invoke_in_background("ps", json!({"cmd": "sleep", "ms": 1500}));
     let deadline = Instant::now() + patience();
     loop {
         let list = instances(&env, "ps").await;
@@ -68,7 +56,7 @@ async fn instances_show_their_state_requests_and_memory() {
         assert!(Instant::now() < deadline, "never busy: {list:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(slow.await.unwrap().unwrap(), 200);
+    assert_eq!(slow.await.unwrap(), 200);
 
     // After it, idle and then frozen, with what it served.
     let deadline = Instant::now() + patience();
@@ -107,21 +95,6 @@ async fn instances_show_their_state_requests_and_memory() {
     env.finish();
 }
 
-fn spawn_invoke(env: &TestEnv, name: &str, event: Value) -> tokio::task::JoinHandle<u16> {
-    let url = format!("{}/v1/functions/{name}/invoke", env.wharf.url());
-    let token = env.wharf.token().to_string();
-    tokio::spawn(async move {
-        reqwest::Client::new()
-            .post(url)
-            .bearer_auth(token)
-            .body(event.to_string())
-            .send()
-            .await
-            .map(|r| r.status().as_u16())
-            .unwrap_or(0)
-    })
-}
-
 async fn metric(env: &TestEnv, series: &str) -> Option<f64> {
     let text = env.wharf.api("GET", "/metrics", None).await.text();
     sample(&text, series)
@@ -156,7 +129,7 @@ async fn a_function_s_own_max_instances_queue_and_idle_timeout_hold() {
     let first = env.invoke("one", json!({"name": "warm"})).await;
     let instance = first.header("x-wharf-instance-id").unwrap();
     let calls: Vec<_> = (0..11)
-        .map(|_| spawn_invoke(&env, "one", json!({"cmd": "sleep", "ms": 300})))
+        .map(|_| env.invoke_in_background("one", json!({"cmd": "sleep", "ms": 300})))
         .collect();
     let queued = r#"wharf_queued_requests{function="one"}"#;
     let deadline = Instant::now() + patience();

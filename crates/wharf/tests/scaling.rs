@@ -10,21 +10,6 @@ use wharf_test_support::env::{TestEnv, skip_unless_root};
 
 const WHARF: &str = env!("CARGO_BIN_EXE_wharf");
 
-fn spawn_invoke(env: &TestEnv, name: &str, body: String) -> tokio::task::JoinHandle<u16> {
-    let url = format!("{}/v1/functions/{name}/invoke", env.wharf.url());
-    let token = env.wharf.token().to_string();
-    tokio::spawn(async move {
-        reqwest::Client::new()
-            .post(url)
-            .bearer_auth(token)
-            .body(body)
-            .send()
-            .await
-            .map(|r| r.status().as_u16())
-            .unwrap_or(0)
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_cold_start_does_not_hold_up_another_function_s_warm_calls() {
     if skip_unless_root() {
@@ -40,7 +25,7 @@ async fn a_slow_cold_start_does_not_hold_up_another_function_s_warm_calls() {
         .await;
     assert_eq!(env.invoke("warm", json!({"name": "w"})).await.status, 200);
 
-    let slow = spawn_invoke(&env, "slowstart", json!({"name": "s"}).to_string());
+    let slow = env.invoke_in_background("slowstart", json!({"name": "s"}));
     // Give the slow cold start time to be under way.
     tokio::time::sleep(Duration::from_millis(300)).await;
     for i in 0..20 {
