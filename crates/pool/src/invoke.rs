@@ -127,20 +127,20 @@ async fn invoke(
     request_id: String,
     call: Call,
 ) -> Result<Invocation, InvokeError> {
-    if fp.revision().spec.mode == FunctionMode::Job {
-        return crate::job::run(pool, fp, request_id, call).await;
+    let revision = fp.revision();
+    if revision.spec.mode == FunctionMode::Job {
+        return crate::job::run(pool, fp, &revision, request_id, call).await;
     }
     let started_at = SystemTime::now();
     let t0 = Instant::now();
     if let Call::Http(http) = &call {
         // Before an instance is taken: a request the function cannot get costs nothing.
-        let revision = fp.revision();
         if let Err(e) = check_http_call(&revision, http) {
             return Err(refused(&revision, &request_id, started_at, None, e));
         }
     }
     let mut dead = Vec::new();
-    let acquired = acquire_or_queue(pool, fp, &mut dead).await;
+    let acquired = acquire_or_queue(pool, fp, &revision, &mut dead).await;
     pool.stop_in_background(dead);
     let mut thaw_duration = None;
     // Failures before an instance serves are recorded here; the rest by `finish`.
@@ -353,9 +353,9 @@ pub const QUEUE_PER_INSTANCE: usize = 10;
 pub(crate) async fn acquire_or_queue(
     pool: &PoolInner,
     fp: &FunctionPool,
+    revision: &Revision,
     dead: &mut Vec<Arc<PoolInstance>>,
 ) -> Result<Acquired, Refused> {
-    let revision = fp.revision();
     let max = revision.max_instances(&pool.config);
     let deadline = tokio::time::Instant::now() + revision.spec.timeout;
     let mut place = None;

@@ -6,6 +6,7 @@
 //! killed for memory is `FunctionOutOfMemory`. Instances of jobs are never reused; they count
 //! against `max_instances` while they run.
 
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
@@ -13,7 +14,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use wharf_contract::Outcome;
 use wharf_sandbox::ExitInfo;
 
-use crate::function::{Acquired, FunctionPool, Refused};
+use crate::function::{Acquired, FunctionPool, Refused, Revision};
 use crate::invoke::{Call, Invocation, finish, refused};
 use crate::report;
 use crate::{InvokeError, PoolInner};
@@ -25,14 +26,14 @@ pub const MAX_JOB_EVENT_BYTES: usize = 128 * 1024;
 pub(crate) async fn run(
     pool: &PoolInner,
     fp: &FunctionPool,
+    revision: &Arc<Revision>,
     request_id: String,
     call: Call,
 ) -> Result<Invocation, InvokeError> {
     let started_at = SystemTime::now();
     let t0 = Instant::now();
-    let revision = fp.revision();
     let name = &revision.spec.name;
-    let unserved = |e: InvokeError| Err(refused(&revision, &request_id, started_at, None, e));
+    let unserved = |e: InvokeError| Err(refused(revision, &request_id, started_at, None, e));
     let bad = |reason: String| InvokeError::BadRequest {
         name: name.clone(),
         reason,
@@ -65,7 +66,7 @@ pub(crate) async fn run(
         )));
     }
     let mut dead = Vec::new();
-    match crate::invoke::acquire_or_queue(pool, fp, &mut dead).await {
+    match crate::invoke::acquire_or_queue(pool, fp, revision, &mut dead).await {
         Ok(Acquired::Start(_)) => {}
         // Jobs leave no idle instance; one of another mode, from before an update, goes.
         Ok(Acquired::Warm(old)) => {
@@ -88,7 +89,7 @@ pub(crate) async fn run(
         Err(Refused::Retired) => return Err(InvokeError::FunctionNotFound { name: name.clone() }),
     }
     pool.stop_in_background(dead);
-    let launched = crate::instance::launch(pool, &revision, &[(variable.to_string(), text)]).await;
+    let launched = crate::instance::launch(pool, revision, &[(variable.to_string(), text)]).await;
     let (instance, _lease) = match launched {
         Ok(i) => i,
         Err(e) => {
@@ -120,7 +121,7 @@ pub(crate) async fn run(
         Ok(exit) => Ok(answer(&instance, &request_id, exit, duration)),
     };
     finish(
-        &revision,
+        revision,
         &instance,
         &request_id,
         started_at,
