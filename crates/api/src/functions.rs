@@ -27,6 +27,8 @@ pub const COMMAND_MAX_CHARS: usize = 5120;
 pub const MEMORY_MB_RANGE: (i64, i64) = (64, 32 * 1024);
 pub const TIMEOUT_S_RANGE: (i64, i64) = (1, 86_400);
 pub const MAX_INSTANCES_RANGE: (i64, i64) = (1, 1000);
+/// Requests one instance serves at once.
+pub const CONCURRENCY_RANGE: (i64, i64) = (1, 1000);
 /// The pool's `max_instances` when the function sets none.
 pub const DEFAULT_MAX_INSTANCES: i64 = 100;
 pub const IDLE_TIMEOUT_S_RANGE: (i64, i64) = (0, 86_400);
@@ -89,6 +91,7 @@ pub struct FunctionRequest {
     pub mounts: Option<Vec<MountRequest>>,
     pub network: Option<String>,
     pub freeze_idle: Option<bool>,
+    pub concurrency: Option<i64>,
     pub min_instances: Option<i64>,
     pub max_instances: Option<i64>,
     pub idle_timeout_s: Option<i64>,
@@ -142,6 +145,7 @@ pub struct ValidFunction {
     pub mounts: Vec<MountRecord>,
     pub network: NetworkMode,
     pub freeze_idle: bool,
+    pub concurrency: u32,
     pub min_instances: u32,
     pub max_instances: Option<u32>,
     pub idle_timeout_s: Option<u32>,
@@ -420,6 +424,30 @@ pub fn validate(req: FunctionRequest) -> Result<ValidFunction, ApiError> {
             )? as u32
         }
     };
+    let concurrency = match req.concurrency {
+        None => 1,
+        Some(n) => in_range(
+            "concurrency",
+            n,
+            CONCURRENCY_RANGE,
+            " requests per instance",
+        )? as u32,
+    };
+    if concurrency > 1 && mode == FunctionMode::Job {
+        return Err(ApiError::invalid(
+            "concurrency",
+            "a job runs one event per instance; concurrency does not apply to jobs",
+        ));
+    }
+    if concurrency > 1 && adapter.pulls_work() {
+        return Err(ApiError::invalid(
+            "concurrency",
+            format!(
+                "a {contract} function's runtime client takes one event at a time from the \
+                 Runtime API (as on Lambda): its concurrency is 1"
+            ),
+        ));
+    }
     if mode == FunctionMode::Job && min_instances > 0 {
         return Err(ApiError::invalid(
             "min_instances",
@@ -492,6 +520,7 @@ pub fn validate(req: FunctionRequest) -> Result<ValidFunction, ApiError> {
         mounts,
         network,
         freeze_idle: req.freeze_idle.unwrap_or(true),
+        concurrency,
         max_instances: req
             .max_instances
             .map(|n| in_range("max_instances", n, MAX_INSTANCES_RANGE, "").map(|n| n as u32))
@@ -579,6 +608,7 @@ pub struct FunctionView {
     pub mounts: Vec<MountRecord>,
     pub network: String,
     pub freeze_idle: bool,
+    pub concurrency: u32,
     pub min_instances: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_instances: Option<u32>,
@@ -627,6 +657,7 @@ impl From<&FunctionRecord> for FunctionView {
             mounts: r.mounts.clone(),
             network: r.network.clone(),
             freeze_idle: r.freeze_idle,
+            concurrency: r.concurrency,
             min_instances: r.min_instances,
             max_instances: r.max_instances,
             idle_timeout_s: r.idle_timeout_s,
@@ -689,6 +720,7 @@ pub(crate) fn spec_of(app: &App, r: &FunctionRecord) -> Result<FunctionSpec, Api
         mounts: r.mounts.iter().map(bind_mount).collect(),
         network,
         freeze_idle: r.freeze_idle,
+        concurrency: r.concurrency.max(1) as usize,
         min_instances: r.min_instances as usize,
         max_instances: r.max_instances.map(|n| n as usize),
         idle_timeout: r.idle_timeout_s.map(|t| Duration::from_secs(t.into())),
@@ -881,6 +913,7 @@ async fn deploy(
         mounts: valid.mounts,
         network: network_name(valid.network).to_string(),
         freeze_idle: valid.freeze_idle,
+        concurrency: valid.concurrency,
         min_instances: valid.min_instances,
         max_instances: valid.max_instances,
         idle_timeout_s: valid.idle_timeout_s,

@@ -141,6 +141,87 @@ impl InvokeError {
         }
     }
 
+    /// The same error for another request that waited for the same failed start: the variant
+    /// and its fields where they can be copied; a failure of the image or of the sandbox (whose
+    /// sources are not copied) as [`InvokeError::NotStarted`] with the same text.
+    pub(crate) fn duplicate(&self) -> InvokeError {
+        match self {
+            InvokeError::FunctionNotFound { name } => {
+                InvokeError::FunctionNotFound { name: name.clone() }
+            }
+            InvokeError::NoCommand { name, image } => InvokeError::NoCommand {
+                name: name.clone(),
+                image: image.clone(),
+            },
+            InvokeError::NotStarted {
+                name,
+                port,
+                message,
+            } => InvokeError::NotStarted {
+                name: name.clone(),
+                port: *port,
+                message: message.clone(),
+            },
+            InvokeError::InitializeFailed {
+                name,
+                instance,
+                reason,
+                restarted,
+            } => InvokeError::InitializeFailed {
+                name: name.clone(),
+                instance: instance.clone(),
+                reason: reason.clone(),
+                restarted: *restarted,
+            },
+            InvokeError::Unreachable {
+                name,
+                instance,
+                reason,
+            } => InvokeError::Unreachable {
+                name: name.clone(),
+                instance: instance.clone(),
+                reason: reason.clone(),
+            },
+            InvokeError::ShuttingDown => InvokeError::ShuttingDown,
+            InvokeError::Internal { name, reason } => InvokeError::Internal {
+                name: name.clone(),
+                reason: reason.clone(),
+            },
+            other => {
+                let text = other.to_string();
+                let name = other.function().unwrap_or_default().to_string();
+                // The text begins "function NAME: "; NotStarted adds that again.
+                let prefix = format!("function {name}: ");
+                InvokeError::NotStarted {
+                    message: text.strip_prefix(&prefix).unwrap_or(&text).to_string(),
+                    name,
+                    port: 0,
+                }
+            }
+        }
+    }
+
+    /// The function the error is about.
+    pub fn function(&self) -> Option<&str> {
+        match self {
+            InvokeError::FunctionNotFound { name }
+            | InvokeError::Image { name, .. }
+            | InvokeError::NoCommand { name, .. }
+            | InvokeError::StartFailed { name, .. }
+            | InvokeError::NotStarted { name, .. }
+            | InvokeError::InitializeFailed { name, .. }
+            | InvokeError::Timeout { name, .. }
+            | InvokeError::Crashed { name, .. }
+            | InvokeError::OutOfMemory { name, .. }
+            | InvokeError::Unreachable { name, .. }
+            | InvokeError::ResponseTooLarge { name, .. }
+            | InvokeError::BadRequest { name, .. }
+            | InvokeError::TooManyInstances { name, .. }
+            | InvokeError::Internal { name, .. } => Some(name),
+            InvokeError::ShuttingDown => None,
+        }
+    }
+
     /// Whether the instance that produced this error must not serve again.
     pub(crate) fn kills_instance(&self) -> bool {
         match self {

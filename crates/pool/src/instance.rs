@@ -2,7 +2,7 @@
 //! its initialize hook has run, when it was last used, whether a request holds it — and its
 //! lifecycle hooks: pre-stop before it is stopped (pre-freeze is in `freeze.rs`).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -46,8 +46,9 @@ impl EventSink for LogEvents {
 pub(crate) struct PoolInstance {
     pub revision: Arc<Revision>,
     instance: Instance,
-    /// The kept connection, checked out by the exchange using it.
-    conn: Mutex<Option<Conn>>,
+    /// The kept connections (up to the function's concurrency), each checked out by the
+    /// exchange using it.
+    conns: Mutex<Vec<Conn>>,
     /// The Runtime API its client pulls work from, for a contract whose image pulls its work:
     /// exchanges go there instead of to a connection.
     runtime: Option<RuntimeApi>,
@@ -58,8 +59,9 @@ pub(crate) struct PoolInstance {
     requests: AtomicU64,
     /// The note about the stop is written once, however many callers stop the instance.
     stop_noted: AtomicBool,
-    /// Taken from the idle list by a request (or starting for one), until released.
-    in_use: AtomicBool,
+    /// Requests holding a slot on it (at most the function's concurrency). Changed under the
+    /// function's lock.
+    in_flight: AtomicUsize,
     /// Set when the pool decides to stop it: the freezer leaves it alone.
     stopping: AtomicBool,
     freeze: FreezeState,
@@ -181,14 +183,14 @@ impl PoolInstance {
         let started = Arc::new(PoolInstance {
             revision,
             instance,
-            conn: Mutex::new(conn),
+            conns: Mutex::new(conn.into_iter().collect()),
             runtime,
             initialized: AtomicBool::new(false),
             started: std::time::SystemTime::now(),
             last_used: Mutex::new(Instant::now()),
             requests: AtomicU64::new(0),
             stop_noted: AtomicBool::new(false),
-            in_use: AtomicBool::new(true),
+            in_flight: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
             freeze: FreezeState::default(),
             healthy: AtomicBool::new(true),
@@ -373,6 +375,7 @@ impl PoolInstance {
             started_at_ms: crate::report::unix_ms(self.started),
             idle_ms: (state != crate::InstanceState::Busy)
                 .then(|| self.idle_for().as_millis() as u64),
+            in_flight: self.in_flight(),
             requests: self.requests.load(Ordering::Relaxed),
             memory_now_mb: self.instance.memory_now_bytes().map(crate::report::mb_ceil),
             memory_peak_mb: self.instance.memory_peak_now().map(crate::report::mb_ceil),
@@ -384,12 +387,23 @@ impl PoolInstance {
         self.requests.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn set_in_use(&self, in_use: bool) {
-        self.in_use.store(in_use, Ordering::SeqCst);
+    /// Takes a slot; returns how many are taken now.
+    pub fn add_in_flight(&self) -> usize {
+        self.in_flight.fetch_add(1, Ordering::SeqCst) + 1
     }
 
+    /// Gives back a slot; returns how many are still taken.
+    pub fn sub_in_flight(&self) -> usize {
+        self.in_flight.fetch_sub(1, Ordering::SeqCst) - 1
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// A request holds a slot on it.
     pub fn in_use(&self) -> bool {
-        self.in_use.load(Ordering::SeqCst)
+        self.in_flight() > 0
     }
 
     pub fn stopping(&self) -> bool {
@@ -431,7 +445,7 @@ impl PoolInstance {
                 ))),
             };
         }
-        let kept = self.conn.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let kept = self.conns.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let req = match kept {
             Some(mut conn) if !conn.is_closed() => {
                 if conn.ready().await {
@@ -500,8 +514,12 @@ impl PoolInstance {
     }
 
     fn keep(&self, conn: Conn) {
-        if !conn.is_closed() {
-            *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn);
+        if conn.is_closed() {
+            return;
+        }
+        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        if conns.len() < self.revision.spec.concurrency {
+            conns.push(conn);
         }
     }
 

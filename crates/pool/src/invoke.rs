@@ -9,7 +9,7 @@ use http::{HeaderMap, StatusCode};
 use wharf_contract::{FunctionMode, HookOutcome, HttpCall, LogPoint, Outcome};
 
 use crate::connection::ExchangeError;
-use crate::function::{Acquired, FunctionPool, Refused, Revision};
+use crate::function::{Acquired, FunctionPool, Handoff, Refused, Revision, Taken};
 use crate::instance::PoolInstance;
 use crate::report::{self, InvocationRecord, InvocationStatus};
 use crate::{InvokeError, Pool, PoolInner};
@@ -122,8 +122,8 @@ impl Pool {
 }
 
 async fn invoke(
-    pool: &PoolInner,
-    fp: &FunctionPool,
+    pool: &Arc<PoolInner>,
+    fp: &Arc<FunctionPool>,
     request_id: String,
     call: Call,
 ) -> Result<Invocation, InvokeError> {
@@ -139,21 +139,8 @@ async fn invoke(
             return Err(refused(&revision, &request_id, started_at, None, e));
         }
     }
-    let mut dead = Vec::new();
-    let acquired = acquire_or_queue(pool, fp, &revision, &mut dead).await;
-    pool.stop_in_background(dead);
     let mut thaw_duration = None;
-    // Failures before an instance serves are recorded here; the rest by `finish`.
-    let unserved = |revision: &Revision, cold: bool, e: InvokeError| {
-        Err(refused(
-            revision,
-            &request_id,
-            started_at,
-            cold.then(|| t0.elapsed()),
-            e,
-        ))
-    };
-    let (instance, init_duration) = match acquired {
+    let (instance, init_duration) = match acquire_or_queue(pool, fp, &revision).await {
         Ok(Acquired::Warm(i)) => match i.ready_for_use().await {
             Ok(thawed) => {
                 thaw_duration = thawed;
@@ -165,40 +152,21 @@ async fn invoke(
                     reason: format!("instance {} could not be thawed: {e}", i.id()),
                 };
                 let revision = i.revision.clone();
-                if let Some(gone) = fp.release(i, false) {
-                    pool.stop_in_background(vec![gone]);
-                }
-                return unserved(&revision, false, error);
+                let f = fp.release(i, true, true);
+                pool.follow_up(fp, f);
+                return Err(refused(&revision, &request_id, started_at, None, error));
             }
         },
-        // Boxed: the start is a large future, and a warm call should not carry (and move) it.
-        Ok(Acquired::Start(revision)) => {
-            match Box::pin(PoolInstance::start(pool, revision.clone())).await {
-                Ok((i, took)) => {
-                    fp.register(&i);
-                    (i, Some(took))
-                }
-                Err(e) => {
-                    fp.cancel_start();
-                    return unserved(&revision, true, e);
-                }
-            }
+        Ok(Acquired::Cold(i, took)) => (i, Some(took)),
+        Err(NoSlot::Refused(e)) => {
+            return Err(refused(&revision, &request_id, started_at, None, e));
         }
-        Err(Refused::Full { max }) => {
-            let revision = fp.revision();
-            let e = InvokeError::TooManyInstances {
-                name: revision.spec.name.clone(),
-                max,
-            };
-            return unserved(&revision, false, e);
+        // The start this request waited for failed: its init is the wait.
+        Err(NoSlot::StartFailed(e)) => {
+            let init = Some(t0.elapsed());
+            return Err(refused(&revision, &request_id, started_at, init, e));
         }
-        Err(Refused::ShuttingDown) => return Err(InvokeError::ShuttingDown),
-        // Removed between the lookup and now.
-        Err(Refused::Retired) => {
-            return Err(InvokeError::FunctionNotFound {
-                name: fp.revision().spec.name.clone(),
-            });
-        }
+        Err(NoSlot::Gone(e)) => return Err(e),
     };
     let mut sent = None;
     let result = serve(&instance, &request_id, call, &mut sent).await;
@@ -213,14 +181,10 @@ async fn invoke(
         &result,
     )
     .await;
-    let keep = match &result {
-        Ok(_) => !instance.revision.idle_timeout(&pool.config).is_zero(),
-        Err(e) => !e.kills_instance(),
-    };
-    match fp.release(instance.clone(), keep) {
-        Some(gone) => pool.stop_in_background(vec![gone]),
-        None => pool.freezer.queue(&instance),
-    }
+    let broken = matches!(&result, Err(e) if e.kills_instance());
+    let keep_idle = !instance.revision.idle_timeout(&pool.config).is_zero();
+    let f = fp.release(instance, broken, keep_idle);
+    pool.follow_up(fp, f);
     result.map(|mut inv| {
         inv.cold_start = init_duration.is_some();
         inv.init_duration = init_duration;
@@ -347,41 +311,85 @@ pub(crate) fn record(
 /// How many requests may wait for a slot of one function, per instance it may have.
 pub const QUEUE_PER_INSTANCE: usize = 10;
 
-/// A warm instance or a slot for a new one; when the function has all its instances busy, a
-/// place in its queue until one frees — for at most the function's timeout, and only while
-/// fewer than [`QUEUE_PER_INSTANCE`] requests per instance wait; beyond that it is refused.
+/// Why a request got no slot.
+pub(crate) enum NoSlot {
+    /// The queue is full, or the wait ran out (recorded as the function's refusal).
+    Refused(InvokeError),
+    /// The instance started for it failed to start.
+    StartFailed(InvokeError),
+    /// The function was removed, or Wharf shuts down.
+    Gone(InvokeError),
+}
+
+/// A slot on a ready instance of `fp` (the most recently used with one free); when there is
+/// none, a place in the function's queue — new instances start for the queue while there is
+/// room under `max_instances` — until whichever instance frees a slot or starts first hands it
+/// over. The queue holds at most [`QUEUE_PER_INSTANCE`] requests per instance the function may
+/// have, and a request waits at most the function's timeout — longer only while an instance is
+/// starting for it, since a start ends by itself (listening, or its start deadline).
 pub(crate) async fn acquire_or_queue(
-    pool: &PoolInner,
-    fp: &FunctionPool,
+    pool: &Arc<PoolInner>,
+    fp: &Arc<FunctionPool>,
     revision: &Revision,
-    dead: &mut Vec<Arc<PoolInstance>>,
-) -> Result<Acquired, Refused> {
-    let max = revision.max_instances(&pool.config);
-    let deadline = tokio::time::Instant::now() + revision.spec.timeout;
-    let mut place = None;
-    loop {
-        // Armed before looking, so that a release between the look and the wait is not missed.
-        let freed = fp.freed();
-        tokio::pin!(freed);
-        freed.as_mut().enable();
-        match fp.acquire(max, dead) {
-            Err(Refused::Full { max }) => {
-                if place.is_none() {
-                    place = fp.enqueue(max.saturating_mul(QUEUE_PER_INSTANCE));
-                    if place.is_none() {
-                        return Err(Refused::Full { max });
-                    }
-                }
-                tokio::select! {
-                    () = &mut freed => {}
-                    () = tokio::time::sleep_until(deadline) => return Err(Refused::Full { max }),
-                    () = pool.shutdown.cancelled() => return Err(Refused::ShuttingDown),
-                }
-            }
-            other => return other,
+) -> Result<Acquired, NoSlot> {
+    let name = &revision.spec.name;
+    let full = |max| InvokeError::TooManyInstances {
+        name: name.clone(),
+        max,
+    };
+    let mut dead = Vec::new();
+    let taken = fp.acquire(
+        revision.max_instances.saturating_mul(QUEUE_PER_INSTANCE),
+        &mut dead,
+    );
+    pool.stop_in_background(dead);
+    let (mut rx, follow_up) = match taken {
+        Ok(Taken::Now(slot)) => return Ok(slot),
+        Ok(Taken::Queued { rx, follow_up }) => (rx, follow_up),
+        Err(Refused::Full { max }) => return Err(NoSlot::Refused(full(max))),
+        Err(Refused::ShuttingDown) => return Err(NoSlot::Gone(InvokeError::ShuttingDown)),
+        Err(Refused::Retired) => {
+            return Err(NoSlot::Gone(InvokeError::FunctionNotFound {
+                name: name.clone(),
+            }));
         }
+    };
+    pool.follow_up(fp, follow_up);
+    let mut deadline = tokio::time::Instant::now() + revision.spec.timeout;
+    let handed = loop {
+        tokio::select! {
+            handed = &mut rx => break handed.ok(),
+            () = tokio::time::sleep_until(deadline) => {
+                if fp.starting() > 0 {
+                    // A start in progress may be this request's: it ends soon either way.
+                    deadline += START_POLL;
+                    continue;
+                }
+                rx.close();
+                break rx.try_recv().ok();
+            }
+            () = pool.shutdown.cancelled() => {
+                rx.close();
+                if let Ok(Handoff::Slot(slot)) = rx.try_recv() {
+                    let f = fp.release(slot.instance().clone(), false, true);
+                    pool.follow_up(fp, f);
+                }
+                return Err(NoSlot::Gone(InvokeError::ShuttingDown));
+            }
+        }
+    };
+    match handed {
+        Some(Handoff::Slot(slot)) => Ok(slot),
+        Some(Handoff::Failed(
+            e @ (InvokeError::FunctionNotFound { .. } | InvokeError::ShuttingDown),
+        )) => Err(NoSlot::Gone(e)),
+        Some(Handoff::Failed(e)) => Err(NoSlot::StartFailed(e)),
+        None => Err(NoSlot::Refused(full(revision.max_instances))),
     }
 }
+
+/// How often a request whose wait ran out looks again while an instance is starting.
+const START_POLL: Duration = Duration::from_millis(100);
 
 /// The headers of `revision`'s passed-through calls; an error if it is not an HTTP function.
 fn http_template(revision: &Revision) -> Result<&wharf_contract::RequestTemplate, InvokeError> {

@@ -14,7 +14,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use wharf_contract::Outcome;
 use wharf_sandbox::ExitInfo;
 
-use crate::function::{Acquired, FunctionPool, Refused, Revision};
+use crate::function::{FunctionPool, Refused, Revision};
 use crate::invoke::{Call, Invocation, finish, refused};
 use crate::report;
 use crate::{InvokeError, PoolInner};
@@ -65,20 +65,8 @@ pub(crate) async fn run(
             "a job's event goes in the variable {variable} and cannot contain NUL"
         )));
     }
-    let mut dead = Vec::new();
-    match crate::invoke::acquire_or_queue(pool, fp, revision, &mut dead).await {
-        Ok(Acquired::Start(_)) => {}
-        // Jobs leave no idle instance; one of another mode, from before an update, goes.
-        Ok(Acquired::Warm(old)) => {
-            if let Some(gone) = fp.release(old, false) {
-                dead.push(gone);
-            }
-            pool.stop_in_background(dead);
-            return unserved(InvokeError::Internal {
-                name: name.clone(),
-                reason: "an instance of the function's previous mode was still idle; retry".into(),
-            });
-        }
+    match slot_or_queue(pool, fp, revision).await {
+        Ok(()) => {}
         Err(Refused::Full { max }) => {
             return unserved(InvokeError::TooManyInstances {
                 name: name.clone(),
@@ -88,12 +76,11 @@ pub(crate) async fn run(
         Err(Refused::ShuttingDown) => return Err(InvokeError::ShuttingDown),
         Err(Refused::Retired) => return Err(InvokeError::FunctionNotFound { name: name.clone() }),
     }
-    pool.stop_in_background(dead);
     let launched = crate::instance::launch(pool, revision, &[(variable.to_string(), text)]).await;
     let (instance, _lease) = match launched {
         Ok(i) => i,
         Err(e) => {
-            fp.cancel_start();
+            fp.job_done();
             return unserved(e);
         }
     };
@@ -131,7 +118,7 @@ pub(crate) async fn run(
     )
     .await;
     instance.stop(pool.config.stop_grace).await;
-    fp.cancel_start();
+    fp.job_done();
     result.map(|mut inv| {
         inv.cold_start = true;
         inv.init_duration = Some(init);
@@ -186,5 +173,40 @@ fn answer(
         body: Bytes::from(body.to_string()),
         outcome,
         memory_peak_bytes: instance.memory_peak_bytes(),
+    }
+}
+
+/// A slot for the job's own instance; when the function has all its instances, a place in its
+/// queue until one frees — for at most the function's timeout, and while fewer than
+/// [`QUEUE_PER_INSTANCE`](crate::invoke::QUEUE_PER_INSTANCE) requests per instance wait.
+async fn slot_or_queue(
+    pool: &PoolInner,
+    fp: &FunctionPool,
+    revision: &Revision,
+) -> Result<(), Refused> {
+    let deadline = tokio::time::Instant::now() + revision.spec.timeout;
+    let mut place = None;
+    loop {
+        // Armed before looking, so that a slot freed between the look and the wait is not
+        // missed.
+        let freed = fp.freed();
+        tokio::pin!(freed);
+        freed.as_mut().enable();
+        match fp.start_job() {
+            Err(Refused::Full { max }) => {
+                if place.is_none() {
+                    place = fp.enqueue_job(max.saturating_mul(crate::invoke::QUEUE_PER_INSTANCE));
+                    if place.is_none() {
+                        return Err(Refused::Full { max });
+                    }
+                }
+                tokio::select! {
+                    () = &mut freed => {}
+                    () = tokio::time::sleep_until(deadline) => return Err(Refused::Full { max }),
+                    () = pool.shutdown.cancelled() => return Err(Refused::ShuttingDown),
+                }
+            }
+            other => return other,
+        }
     }
 }

@@ -2,11 +2,14 @@
 //! request, when a new one starts, and when idle ones go away.
 //!
 //! Why it looks like this:
-//! - The hot path (a warm invocation) takes one short per-function `std` mutex to pop an idle
-//!   instance and one to push it back; there is no global lock and nothing is spawned. The map of
-//!   functions is read-locked only to find the function.
-//! - A cold start happens outside every lock, so one function's slow start never delays another
-//!   function's warm traffic.
+//! - The hot path (a warm invocation) takes one short per-function `std` mutex to take a slot on
+//!   a ready instance and one to give it back (or hand it to a waiting request); there is no
+//!   global lock and nothing is spawned. The map of functions is read-locked only to find the
+//!   function.
+//! - A call with no free slot waits in its function's queue while instances start for the
+//!   queue, and is served by whichever instance frees a slot first (`function.rs`).
+//! - A cold start happens in a task of its own, outside every lock, so one function's slow start
+//!   never delays another function's warm traffic.
 //! - Instances belong to a *revision* of their function. A redeploy installs a new revision: new
 //!   requests start new instances; instances of the old revision finish what they are doing and
 //!   are stopped when they are released.
@@ -140,8 +143,8 @@ impl Pool {
         let revision = function::Revision::new(spec, &self.inner.config, metrics)?;
         let fp = match functions.get(&name) {
             Some(fp) => {
-                let stale = fp.install(revision);
-                self.inner.stop_in_background(stale);
+                let follow_up = fp.install(revision);
+                self.inner.follow_up(fp, follow_up);
                 fp.clone()
             }
             None => {
@@ -214,6 +217,44 @@ impl PoolInner {
             .unwrap_or_else(|e| e.into_inner())
             .get(name)
             .cloned()
+    }
+
+    /// Does what a change to `fp`'s instances left to do: stops, starts, a freeze to queue.
+    fn follow_up(self: &Arc<Self>, fp: &Arc<FunctionPool>, f: function::FollowUp) {
+        self.stop_in_background(f.stop);
+        if let Some(idle) = &f.idle {
+            self.freezer.queue(idle);
+        }
+        for _ in 0..f.starts {
+            self.start_instance(fp, f.revision.clone(), true);
+        }
+    }
+
+    /// Starts an instance of `revision` in the background (its slot is counted already) and
+    /// gives it to `fp`, which hands its slots to waiting requests. `for_requests`: it starts
+    /// because requests wait (its first is a cold start), not for the reserve.
+    fn start_instance(
+        self: &Arc<Self>,
+        fp: &Arc<FunctionPool>,
+        revision: Arc<function::Revision>,
+        for_requests: bool,
+    ) {
+        let (pool, fp) = (self.clone(), fp.clone());
+        self.tasks.spawn(async move {
+            let name = revision.spec.name.clone();
+            match instance::PoolInstance::start(&pool, revision).await {
+                Ok((started, took)) => {
+                    let f = fp.started(started, for_requests.then_some(took));
+                    pool.follow_up(&fp, f);
+                }
+                Err(e) => {
+                    if !for_requests {
+                        tracing::warn!(function = %name, error = %e, "a reserved instance did not start");
+                    }
+                    fp.start_failed(e);
+                }
+            }
+        });
     }
 
     fn stop_in_background(&self, instances: Vec<Arc<instance::PoolInstance>>) {

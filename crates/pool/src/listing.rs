@@ -30,6 +30,8 @@ pub struct InstanceInfo {
     pub started_at_ms: u64,
     /// How long since its last request ended; absent while busy.
     pub idle_ms: Option<u64>,
+    /// Requests it serves now (at most the function's `concurrency`).
+    pub in_flight: usize,
     /// Requests it has served.
     pub requests: u64,
     /// Memory its cgroup uses now, and its peak since it started, in MB rounded up.

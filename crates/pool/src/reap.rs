@@ -1,7 +1,8 @@
 //! Scale-in: one sweeper task for the whole pool stops instances that have been idle for longer
 //! than their function's idle timeout (the pool's by default), and notices idle instances that
 //! exited on their own. It sweeps at least once a second, so a function's shorter timeout is
-//! kept within a second. It also keeps each function's reserve (`min_instances`): the instances
+//! kept within a second. It also starts instances for waiting requests that room freed for
+//! unnoticed, and keeps each function's reserve (`min_instances`): the instances
 //! it lacks are started, and its idle ones are never stopped for idling.
 
 use std::sync::{Arc, Weak};
@@ -50,30 +51,17 @@ fn sweep(pool: &Arc<PoolInner>) {
         }
         pool.stop_in_background(expired);
         keep_reserve(pool, &fp);
+        // Room may have freed without a release noticing (an instance that exited).
+        let wanted = fp.starts_wanted();
+        pool.follow_up(&fp, wanted);
     }
 }
 
 /// Starts the instances a function's `min_instances` lacks (after a deploy, or when one died),
 /// in the background; each becomes idle once ready.
 pub(crate) fn keep_reserve(pool: &Arc<PoolInner>, fp: &Arc<crate::function::FunctionPool>) {
-    let (revision, missing) = fp.reserve_missing(fp.revision().max_instances(&pool.config));
+    let (revision, missing) = fp.reserve_missing();
     for _ in 0..missing {
-        let (pool2, fp, revision) = (pool.clone(), fp.clone(), revision.clone());
-        pool.tasks.spawn(async move {
-            let name = revision.spec.name.clone();
-            match crate::instance::PoolInstance::start(&pool2, revision).await {
-                Ok((instance, _)) => {
-                    fp.register(&instance);
-                    match fp.release(instance.clone(), true) {
-                        Some(gone) => pool2.stop_in_background(vec![gone]),
-                        None => pool2.freezer.queue(&instance),
-                    }
-                }
-                Err(e) => {
-                    fp.cancel_start();
-                    tracing::warn!(function = %name, error = %e, "a reserved instance did not start");
-                }
-            }
-        });
+        pool.start_instance(fp, revision.clone(), false);
     }
 }

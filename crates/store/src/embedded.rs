@@ -137,6 +137,7 @@ mod tests {
             image_digest: "sha256:00".into(),
             contract: "fc".into(),
             mode: "event".into(),
+            concurrency: 1,
             min_instances: 0,
             max_instances: None,
             idle_timeout_s: None,

@@ -58,6 +58,9 @@ pub struct FunctionRecord {
     /// Freeze idle instances, thaw them on the next request.
     #[serde(default = "default_true")]
     pub freeze_idle: bool,
+    /// Requests one instance serves at once; records from before the field served one.
+    #[serde(default = "default_one", skip_serializing_if = "is_one")]
+    pub concurrency: u32,
     /// Instances kept started and warm (reserved).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub min_instances: u32,
@@ -83,6 +86,14 @@ pub struct FunctionRecord {
 
 fn default_true() -> bool {
     true
+}
+
+fn default_one() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
 }
 
 fn is_zero(n: &u32) -> bool {

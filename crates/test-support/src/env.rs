@@ -82,21 +82,51 @@ impl TestEnv {
     }
 
     /// Invokes `name` with `event` in a task of its own, for calls that must run while the test
-    /// goes on; the task ends with the answer's status (0 when the call failed to be sent).
-    pub fn invoke_in_background(&self, name: &str, event: Value) -> tokio::task::JoinHandle<u16> {
+    /// goes on; the task ends with the answer (status 0, and the error as the body, when the
+    /// call failed to be sent or its answer to be read).
+    pub fn invoke_in_background(
+        &self,
+        name: &str,
+        event: Value,
+    ) -> tokio::task::JoinHandle<ApiResponse> {
         crate::install_crypto_provider();
         let url = format!("{}/v1/functions/{name}/invoke", self.wharf.url());
         let token = self.wharf.token().to_string();
         tokio::spawn(async move {
-            reqwest::Client::new()
-                .post(url)
-                .bearer_auth(token)
-                .body(event.to_string())
-                .send()
-                .await
-                .map(|r| r.status().as_u16())
-                .unwrap_or(0)
+            let answer = async {
+                let r = reqwest::Client::new()
+                    .post(url)
+                    .bearer_auth(token)
+                    .body(event.to_string())
+                    .send()
+                    .await?;
+                let (status, headers) = (r.status().as_u16(), r.headers().clone());
+                let body = r.bytes().await?.to_vec();
+                Ok::<_, reqwest::Error>(ApiResponse {
+                    status,
+                    headers,
+                    body,
+                })
+            };
+            answer.await.unwrap_or_else(|e| ApiResponse {
+                status: 0,
+                headers: Default::default(),
+                body: e.to_string().into_bytes(),
+            })
         })
+    }
+
+    /// The instances of `name`, as `GET /v1/functions/{name}/instances` lists them.
+    pub async fn instances(&self, name: &str) -> Vec<Value> {
+        let r = self
+            .wharf
+            .api("GET", &format!("/v1/functions/{name}/instances"), None)
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["instances"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Invokes `name`, which must answer 200 with JSON; returns it.

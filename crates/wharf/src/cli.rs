@@ -289,6 +289,9 @@ pub struct DeployArgs {
     /// Do not freeze idle instances
     #[arg(long)]
     pub no_freeze: bool,
+    /// Requests one instance serves at once (1-1000) [default: 1]
+    #[arg(long)]
+    pub concurrency: Option<u32>,
     /// Keep this many instances started and warm, re-created if they die (reserved)
     #[arg(long)]
     pub min_instances: Option<u32>,

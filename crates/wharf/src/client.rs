@@ -205,6 +205,9 @@ async fn deploy(client: &Client, a: DeployArgs) -> anyhow::Result<ExitCode> {
     if let Some(t) = a.pre_stop_timeout {
         body["pre_stop"] = json!({ "timeout_s": t });
     }
+    if let Some(n) = a.concurrency {
+        body["concurrency"] = json!(n);
+    }
     if let Some(n) = a.min_instances {
         body["min_instances"] = json!(n);
     }
@@ -672,20 +675,21 @@ async fn ps(client: &Client, name: Option<&str>, json: bool) -> anyhow::Result<E
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "{:<20}  {:<32}  {:<8}  {:>4}  {:>8}  {:>8}  MEMORY (now/peak/limit MB)",
-        "FUNCTION", "INSTANCE", "STATE", "REV", "UP", "REQUESTS"
+        "{:<20}  {:<32}  {:<8}  {:>4}  {:>8}  {:>9}  {:>8}  MEMORY (now/peak/limit MB)",
+        "FUNCTION", "INSTANCE", "STATE", "REV", "UP", "IN FLIGHT", "REQUESTS"
     )?;
     for i in &all {
         let mb = |f: &str| i[f].as_u64().map_or("-".to_string(), |m| m.to_string());
         let up = now.saturating_sub(i["started_at_ms"].as_u64().unwrap_or(now)) / 1000;
         writeln!(
             out,
-            "{:<20}  {:<32}  {:<8}  {:>4}  {:>7}s  {:>8}  {}/{}/{}",
+            "{:<20}  {:<32}  {:<8}  {:>4}  {:>7}s  {:>9}  {:>8}  {}/{}/{}",
             i["function"].as_str().unwrap_or_default(),
             i["id"].as_str().unwrap_or_default(),
             i["state"].as_str().unwrap_or_default(),
             i["revision"],
             up,
+            i["in_flight"],
             i["requests"],
             mb("memory_now_mb"),
             mb("memory_peak_mb"),

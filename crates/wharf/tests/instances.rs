@@ -4,24 +4,12 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::json;
 use wharf_test_support::daemon::WharfOptions;
 use wharf_test_support::env::{TestEnv, skip_unless_root};
 use wharf_test_support::patience;
 
 const WHARF: &str = env!("CARGO_BIN_EXE_wharf");
-
-async fn instances(env: &TestEnv, name: &str) -> Vec<Value> {
-    let r = env
-        .wharf
-        .api("GET", &format!("/v1/functions/{name}/instances"), None)
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()["instances"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_show_their_state_requests_and_memory() {
@@ -35,7 +23,7 @@ async fn instances_show_their_state_requests_and_memory() {
     )
     .await;
     assert!(
-        instances(&env, "ps").await.is_empty(),
+        env.instances("ps").await.is_empty(),
         "nothing before a call"
     );
 
@@ -45,7 +33,7 @@ async fn instances_show_their_state_requests_and_memory() {
     let slow = env.invoke_in_background("ps", json!({"cmd": "sleep", "ms": 1500}));
     let deadline = Instant::now() + patience();
     loop {
-        let list = instances(&env, "ps").await;
+        let list = env.instances("ps").await;
         if list
             .iter()
             .any(|i| i["id"] == id.as_str() && i["state"] == "busy")
@@ -56,12 +44,12 @@ async fn instances_show_their_state_requests_and_memory() {
         assert!(Instant::now() < deadline, "never busy: {list:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(slow.await.unwrap(), 200);
+    assert_eq!(slow.await.unwrap().status, 200);
 
     // After it, idle and then frozen, with what it served.
     let deadline = Instant::now() + patience();
     let shown = loop {
-        let list = instances(&env, "ps").await;
+        let list = env.instances("ps").await;
         assert_eq!(list.len(), 1, "{list:?}");
         if list[0]["state"] == "frozen" {
             break list[0].clone();
@@ -146,9 +134,9 @@ async fn a_function_s_own_max_instances_queue_and_idle_timeout_hold() {
         refused.text()
     );
     for c in calls {
-        assert_eq!(c.await.unwrap(), 200, "a queued call was served");
+        assert_eq!(c.await.unwrap().status, 200, "a queued call was served");
     }
-    let list = instances(&env, "one").await;
+    let list = env.instances("one").await;
     assert_eq!(list.len(), 1, "{list:?}");
     assert_eq!(
         list[0]["id"],
@@ -167,7 +155,7 @@ async fn a_function_s_own_max_instances_queue_and_idle_timeout_hold() {
         .await;
     assert_eq!(env.invoke("zero", json!({"name": "a"})).await.status, 200);
     let deadline = Instant::now() + patience();
-    while !instances(&env, "zero").await.is_empty() {
+    while !env.instances("zero").await.is_empty() {
         assert!(Instant::now() < deadline, "the instance was kept");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -263,7 +251,8 @@ async fn metrics_count_invocations_errors_throttles_and_instances() {
 async fn wait_for_live(env: &TestEnv, name: &str, n: usize) -> Vec<String> {
     let deadline = Instant::now() + patience();
     loop {
-        let live: Vec<String> = instances(env, name)
+        let live: Vec<String> = env
+            .instances(name)
             .await
             .iter()
             .filter(|i| i["state"] != "stopping")
