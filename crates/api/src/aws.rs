@@ -196,7 +196,10 @@ pub fn failure_of(e: InvokeError, request_id: &str) -> Failure {
         _ => {}
     }
     if let InvokeError::FunctionNotFound { name } = &e {
-        return Failure::Service(not_found(name));
+        return Failure::Service(not_found(
+            name,
+            &format!("deploy it with PUT /v1/functions/{name}"),
+        ));
     }
     // The status is error.rs's; the name follows it (502: the image cannot be had now →
     // ResourceNotReadyException; 429 → TooManyRequestsException; 5xx → ServiceException).
@@ -365,8 +368,11 @@ fn wants_tail(headers: &HeaderMap) -> Result<bool, AwsError> {
 
 /// The function a `{name}` path segment names: `NAME`, `NAME:QUALIFIER` or
 /// `arn:aws:lambda:REGION:ACCOUNT:function:NAME[:QUALIFIER]`, with the `?Qualifier=` of the
-/// query. Only `$LATEST` (or no qualifier) exists.
-pub fn target_function(given: &str, query_qualifier: Option<&str>) -> Result<String, AwsError> {
+/// query: the name and the qualifier (`None` for `$LATEST`).
+pub fn target_function<'a>(
+    given: &'a str,
+    query_qualifier: Option<&'a str>,
+) -> Result<(&'a str, Option<&'a str>), AwsError> {
     let (name, qualifier) = if let Some(arn) = given.strip_prefix("arn:") {
         let parts: Vec<&str> = arn.split(':').collect();
         match parts.as_slice() {
@@ -405,17 +411,7 @@ pub fn target_function(given: &str, query_qualifier: Option<&str>) -> Result<Str
         }
         (a, b) => a.or(b).filter(|q| !q.is_empty()),
     };
-    match qualifier {
-        None | Some("$LATEST") => Ok(name.to_string()),
-        Some(q) => Err(AwsError::new(
-            StatusCode::NOT_FOUND,
-            "ResourceNotFoundException",
-            format!(
-                "Function not found: {name}:{q}: Wharf publishes no versions or aliases yet; \
-                 invoke $LATEST (leave the qualifier out)"
-            ),
-        )),
-    }
+    Ok((name, qualifier.filter(|q| *q != "$LATEST")))
 }
 
 #[derive(Debug, Deserialize)]
@@ -434,16 +430,23 @@ async fn invoke(
 ) -> Response {
     let result = async {
         let Query(q) = query.map_err(|e| AwsError::invalid(e.body_text()))?;
-        let name = target_function(&given, q.qualifier.as_deref())?;
+        let (name, qualifier) = target_function(&given, q.qualifier.as_deref())?;
         let kind = InvocationType::parse(&headers)?;
         let tail = wants_tail(&headers)?;
         let event = body.map_err(|e| body_error(&e))?;
+        let target = crate::versions::resolve(&app, name, qualifier).map_err(|e| {
+            if e.status == StatusCode::NOT_FOUND {
+                not_found(&given, &e.message)
+            } else {
+                AwsError::from(e)
+            }
+        })?;
         match kind {
             InvocationType::RequestResponse => {
-                Ok(request_response(&app, &name, &id, event, tail).await)
+                Ok(request_response(&app, name, &target, &id, event, tail).await)
             }
-            InvocationType::Event => queue_event(&app, name, &id, event).await,
-            InvocationType::DryRun => dry_run(&app, &name).await,
+            InvocationType::Event => queue_event(&app, name, target.key, &id, event).await,
+            InvocationType::DryRun => dry_run(&app, name).await,
         }
     }
     .await;
@@ -456,11 +459,13 @@ async fn invoke(
 async fn request_response(
     app: &Arc<App>,
     name: &str,
+    target: &crate::versions::Target,
     id: &str,
     event: Bytes,
     tail: bool,
 ) -> Response {
-    let (body, content_type, function_error) = match app.pool.invoke(name, id, event).await {
+    let invoked = app.pool.invoke(&target.key, id, event).await;
+    let (body, content_type, function_error) = match invoked {
         Ok(inv) => (
             inv.body,
             inv.headers.get(CONTENT_TYPE).cloned(),
@@ -486,7 +491,13 @@ async fn request_response(
     if let Some(t) = content_type {
         h.insert(CONTENT_TYPE, t);
     }
-    h.insert(EXECUTED_VERSION, HeaderValue::from_static("$LATEST"));
+    h.insert(
+        EXECUTED_VERSION,
+        match target.version {
+            Some(v) => HeaderValue::from(v),
+            None => HeaderValue::from_static("$LATEST"),
+        },
+    );
     if function_error {
         h.insert(FUNCTION_ERROR, HeaderValue::from_static("Unhandled"));
     }
@@ -533,14 +544,15 @@ async fn require_function(
         move || store.get_function(&name)
     })
     .await?;
-    record.ok_or_else(|| not_found(name))
+    record.ok_or_else(|| not_found(name, &format!("deploy it with PUT /v1/functions/{name}")))
 }
 
-fn not_found(name: &str) -> AwsError {
+/// Lambda's words for a function, version or alias that is not there, and Wharf's hint.
+fn not_found(given: &str, hint: &str) -> AwsError {
     AwsError::new(
         StatusCode::NOT_FOUND,
         "ResourceNotFoundException",
-        format!("Function not found: {name} (deploy it with PUT /v1/functions/{name})"),
+        format!("Function not found: {given} ({hint})"),
     )
 }
 
@@ -567,7 +579,8 @@ async fn dry_run(app: &Arc<App>, name: &str) -> Result<Response, AwsError> {
 
 async fn queue_event(
     app: &Arc<App>,
-    name: String,
+    name: &str,
+    key: String,
     id: &str,
     event: Bytes,
 ) -> Result<Response, AwsError> {
@@ -577,11 +590,11 @@ async fn queue_event(
             "an asynchronous (Event) invocation",
         ));
     }
-    require_function(app, &name).await?;
+    require_function(app, name).await?;
     app.events.submit(
         &app.pool,
         QueuedEvent {
-            function: name,
+            function: key,
             request_id: id.to_string(),
             event,
         },
@@ -654,13 +667,14 @@ mod tests {
 
     #[test]
     fn function_names_arns_and_qualifiers() {
-        assert_eq!(target_function("hello", None).unwrap(), "hello");
-        assert_eq!(target_function("hello", Some("")).unwrap(), "hello");
-        assert_eq!(target_function("hello", Some("$LATEST")).unwrap(), "hello");
-        assert_eq!(target_function("hello:$LATEST", None).unwrap(), "hello");
+        let latest = ("hello", None);
+        assert_eq!(target_function("hello", None).unwrap(), latest);
+        assert_eq!(target_function("hello", Some("")).unwrap(), latest);
+        assert_eq!(target_function("hello", Some("$LATEST")).unwrap(), latest);
+        assert_eq!(target_function("hello:$LATEST", None).unwrap(), latest);
         assert_eq!(
             target_function("arn:aws:lambda:us-east-1:123456789012:function:hello", None).unwrap(),
-            "hello"
+            latest
         );
         assert_eq!(
             target_function(
@@ -668,14 +682,16 @@ mod tests {
                 Some("$LATEST")
             )
             .unwrap(),
-            "hello"
+            latest
         );
-        let e = target_function("hello", Some("3")).unwrap_err();
         assert_eq!(
-            (e.status, e.name),
-            (StatusCode::NOT_FOUND, "ResourceNotFoundException")
+            target_function("hello", Some("3")).unwrap(),
+            ("hello", Some("3"))
         );
-        assert!(e.message.contains("no versions"), "{}", e.message);
+        assert_eq!(
+            target_function("arn:aws:lambda:r:1:function:hello:prod", None).unwrap(),
+            ("hello", Some("prod"))
+        );
         for bad in [
             "arn:aws:lambda:us-east-1:1:layer:hello",
             "arn:aws:s3:::bucket",

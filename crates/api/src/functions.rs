@@ -200,14 +200,14 @@ fn hook(
     Ok(Some(Initializer { timeout_s }))
 }
 
-/// FunctionGraph's rule: letters, digits, `_` and `-`, at most 60 characters, starting with a
-/// letter and ending with a letter or digit.
-pub fn validate_name(name: &str) -> Result<(), ApiError> {
-    let why = if name.is_empty() {
+/// What breaks the common rule of names (functions, aliases): not empty, at most `max`
+/// characters, letters, digits, `_` and `-` only, starting with a letter.
+pub(crate) fn name_problem(name: &str, max: usize) -> Option<String> {
+    if name.is_empty() {
         Some("must not be empty".to_string())
-    } else if name.len() > NAME_MAX_LEN {
+    } else if name.len() > max {
         Some(format!(
-            "is {} characters long, the limit is {NAME_MAX_LEN}",
+            "is {} characters long, the limit is {max}",
             name.len()
         ))
     } else if let Some(c) = name
@@ -219,11 +219,18 @@ pub fn validate_name(name: &str) -> Result<(), ApiError> {
         ))
     } else if !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
         Some("must start with a letter".to_string())
-    } else if !name.ends_with(|c: char| c.is_ascii_alphanumeric()) {
-        Some("must end with a letter or a digit".to_string())
     } else {
         None
-    };
+    }
+}
+
+/// FunctionGraph's rule: letters, digits, `_` and `-`, at most 60 characters, starting with a
+/// letter and ending with a letter or digit.
+pub fn validate_name(name: &str) -> Result<(), ApiError> {
+    let why = name_problem(name, NAME_MAX_LEN).or_else(|| {
+        (!name.ends_with(|c: char| c.is_ascii_alphanumeric()))
+            .then(|| "must end with a letter or a digit".to_string())
+    });
     match why {
         Some(why) => Err(ApiError::invalid("name", format!("{name:?} {why}"))),
         None => Ok(()),
@@ -627,7 +634,7 @@ pub struct RegistryAuthView {
     pub username: String,
 }
 
-fn rfc3339(ms: u64) -> String {
+pub(crate) fn rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_millis(SystemTime::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
@@ -698,6 +705,7 @@ pub(crate) fn spec_of(app: &App, r: &FunctionRecord) -> Result<FunctionSpec, Api
     Ok(FunctionSpec {
         name: r.name.clone(),
         revision: r.revision,
+        version: None,
         contract,
         mode,
         port: Some(r.port),
@@ -920,6 +928,7 @@ async fn deploy(
         registry_auth: valid.registry_auth,
         prepull: valid.prepull,
         revision: existing.as_ref().map_or(1, |e| e.revision + 1),
+        last_version: existing.as_ref().map_or(0, |e| e.last_version),
         created_at_ms: existing.as_ref().map_or(now, |e| e.created_at_ms),
         updated_at_ms: now,
     };
@@ -966,7 +975,8 @@ pub async fn get(
     }
 }
 
-/// `DELETE /v1/functions/{name}`: stops the function's instances, forgets it and its logs.
+/// `DELETE /v1/functions/{name}`: stops the function's instances, forgets it, its versions, its
+/// aliases and its logs.
 /// Runs to the end even if the client goes away.
 pub async fn delete(
     State(app): State<Arc<App>>,
@@ -982,6 +992,7 @@ pub async fn delete(
         if !existed {
             return Err(ApiError::function_not_found(&name));
         }
+        app.aliases.remove_function(&name);
         app.pool.remove(&name).await;
         crate::blocking({
             let (app, name) = (app.clone(), name.clone());

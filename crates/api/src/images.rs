@@ -2,7 +2,8 @@
 //! no function uses.
 //!
 //! The image store knows nothing of functions: this module tells it which images are in use
-//! (the pinned images of every stored function; the pool's instances hold leases of their own).
+//! (the pinned images of every stored function and published version; the pool's instances hold
+//! leases of their own).
 //! The function list is read while the prune has the store to itself, so a deploy either
 //! finished before (its function is listed) or is still holding its image's lease.
 
@@ -40,13 +41,28 @@ pub struct ImageList {
     pub images: Vec<ImageView>,
 }
 
+/// Every pinned image a stored function or a published version uses, with who uses it: `NAME`
+/// or `NAME:VERSION`.
+fn users_of_images(
+    store: &dyn wharf_store::FunctionStore,
+) -> Result<BTreeMap<String, Vec<String>>, ApiError> {
+    let mut users: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for f in store.list_functions()? {
+        for v in store.list_versions(&f.name)? {
+            users
+                .entry(v.config.image_pinned)
+                .or_default()
+                .push(wharf_pool::version_key(&f.name, v.version));
+        }
+        users.entry(f.image_pinned).or_default().push(f.name);
+    }
+    Ok(users)
+}
+
 /// `GET /v1/images`
 pub async fn list(State(app): State<Arc<App>>) -> Result<Json<ImageList>, ApiError> {
     let images = crate::blocking(move || -> Result<_, ApiError> {
-        let mut users: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for f in app.store.list_functions()? {
-            users.entry(f.image_pinned).or_default().push(f.name);
-        }
+        let users = users_of_images(&*app.store)?;
         let images = app
             .images
             .list()?
@@ -80,12 +96,7 @@ pub async fn prune(State(app): State<Arc<App>>) -> Result<Json<PruneReport>, Api
     crate::detached(async move {
         let pruning = app.images.begin_prune().await;
         let report = crate::blocking(move || -> Result<_, ApiError> {
-            let in_use: Vec<String> = app
-                .store
-                .list_functions()?
-                .into_iter()
-                .map(|f| f.image_pinned)
-                .collect();
+            let in_use: Vec<String> = users_of_images(&*app.store)?.into_keys().collect();
             Ok(pruning.run(&in_use)?)
         })
         .await?;

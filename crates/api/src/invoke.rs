@@ -1,17 +1,19 @@
 //! `POST /v1/functions/{name}/invoke`: the body is the event, the answer is the function's.
+//! `{name}` may carry a qualifier (`NAME:1`, `NAME:prod`; see [`crate::versions`]).
 
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use wharf_contract::Outcome;
 use wharf_pool::Invocation;
 
-use crate::{ApiError, App};
+use crate::{ApiError, App, versions};
 
 /// Largest event accepted on the synchronous invoke path (FC's limit).
 pub const MAX_EVENT_BYTES: usize = 32 * 1024 * 1024;
@@ -120,35 +122,86 @@ pub(crate) fn wharf_headers(h: &mut http::HeaderMap, inv: &Invocation) {
     }
 }
 
+/// `?qualifier=` of an invocation.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct QualifierQuery {
+    pub qualifier: Option<String>,
+}
+
+/// `POST /v1/functions/{name}/invoke`, where `{name}` may be `NAME:QUALIFIER` (a version number
+/// or an alias), or the qualifier is in `?qualifier=` or `x-fc-qualifier`.
 pub async fn invoke(
     State(app): State<Arc<App>>,
-    Path(name): Path<String>,
+    Path(given): Path<String>,
+    query: Result<Query<QualifierQuery>, QueryRejection>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let request_id = new_request_id();
     let rid = HeaderValue::from_str(&request_id).expect("a request id is ASCII");
-    let result = match body {
-        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::new(
+    let name = given.split_once(':').map_or(given.as_str(), |(n, _)| n);
+    let target = query
+        .map_err(|e| ApiError::invalid("query", e.body_text()))
+        .and_then(|Query(q)| target_of(&app, &given, q.qualifier.as_deref(), &headers));
+    let result = match (target, body) {
+        (Err(e), _) => Err(e),
+        (_, Err(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "PayloadTooLarge",
             format!("the event is larger than the limit of {MAX_EVENT_BYTES} bytes"),
         )),
-        Err(e) => Err(ApiError::invalid("body", e.body_text())),
-        Ok(event) => app
+        (_, Err(e)) => Err(ApiError::invalid("body", e.body_text())),
+        (Ok(target), Ok(event)) => app
             .pool
-            .invoke(&name, &request_id, event)
+            .invoke(&target.key, &request_id, event)
             .await
+            .map(|inv| (target, inv))
             .map_err(ApiError::from),
     };
     let mut resp = match result {
-        Ok(inv) => response_of(inv),
+        Ok((target, inv)) => {
+            let mut resp = response_of(inv);
+            resp.headers_mut()
+                .insert(versions::VERSION, target.version_header());
+            resp
+        }
         Err(e) => {
-            tracing::debug!(function = %name, request_id = %request_id, error = %e.message, "invoke failed");
-            e.for_contract(app.pool.contract_of(&name))
+            tracing::debug!(function = %given, request_id = %request_id, error = %e.message, "invoke failed");
+            e.for_contract(app.pool.contract_of(name))
         }
     };
     resp.headers_mut().insert(REQUEST_ID, rid);
     resp
+}
+
+/// Where a call of `given` (`NAME` or `NAME:QUALIFIER`) goes, with the qualifier of
+/// `?qualifier=` or of `x-fc-qualifier` if the caller gave one that way.
+pub(crate) fn target_of(
+    app: &App,
+    given: &str,
+    query_qualifier: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<versions::Target, ApiError> {
+    let header = match headers.get(versions::FC_QUALIFIER) {
+        Some(v) => Some(v.to_str().map_err(|_| {
+            ApiError::invalid(
+                "x-fc-qualifier",
+                "is not visible ASCII; give a version or an alias",
+            )
+        })?),
+        None => None,
+    };
+    let other = match (query_qualifier, header) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(ApiError::invalid(
+                "qualifier",
+                format!("?qualifier= says {a:?} and x-fc-qualifier says {b:?}; give one"),
+            ));
+        }
+        (a, b) => a.or(b),
+    };
+    let (name, qualifier) = versions::split_target(given, other)?;
+    versions::resolve(app, name, qualifier)
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ pub mod invoke;
 pub mod logs;
 pub mod server;
 pub mod trigger;
+pub mod versions;
 
 pub use error::ApiError;
 
@@ -67,6 +68,8 @@ pub struct App {
     pub token: String,
     /// `Event` invocations of the Lambda Invoke API, waiting to run.
     pub(crate) events: aws::EventQueue,
+    /// Every function's aliases, for invocations by alias (`versions.rs`).
+    pub(crate) aliases: versions::Aliases,
     /// One control-plane change at a time per function name (deploy, delete).
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -86,6 +89,7 @@ impl App {
             pool,
             token,
             events: aws::EventQueue::default(),
+            aliases: versions::Aliases::default(),
             locks: Mutex::new(HashMap::new()),
         })
     }
@@ -102,11 +106,18 @@ impl App {
         lock.lock_owned().await
     }
 
-    /// Hands every stored function to the pool, as after a restart. Returns how many.
+    /// Hands every stored function, with its published versions, to the pool and loads its
+    /// aliases, as after a restart. Returns how many functions.
     pub fn restore(&self) -> Result<usize, ApiError> {
         let records = self.store.list_functions()?;
         for r in &records {
             self.pool.deploy(functions::spec_of(self, r)?)?;
+            for v in self.store.list_versions(&r.name)? {
+                self.pool.deploy(versions::spec_of_version(self, &v)?)?;
+            }
+            for a in self.store.list_aliases(&r.name)? {
+                self.aliases.set(&a);
+            }
         }
         Ok(records.len())
     }
@@ -130,6 +141,21 @@ impl App {
             .route("/v1/functions/{name}/http", trigger())
             .route("/v1/functions/{name}/http/", trigger())
             .route("/v1/functions/{name}/http/{*path}", trigger())
+            .route(
+                "/v1/functions/{name}/versions",
+                get(versions::list).post(versions::publish),
+            )
+            .route(
+                "/v1/functions/{name}/versions/{version}",
+                get(versions::get).delete(versions::delete),
+            )
+            .route("/v1/functions/{name}/aliases", get(versions::list_aliases))
+            .route(
+                "/v1/functions/{name}/aliases/{alias}",
+                get(versions::get_alias)
+                    .put(versions::put_alias)
+                    .delete(versions::delete_alias),
+            )
             .route("/v1/functions/{name}/logs", get(logs::get))
             .route("/v1/functions/{name}/invocations", get(logs::invocations))
             .route("/v1/functions/{name}/instances", get(instances::list))

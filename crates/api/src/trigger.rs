@@ -21,8 +21,10 @@ use serde::Deserialize;
 use wharf_contract::{ContractKind, FunctionMode, HttpCall, Outcome, apigw};
 use wharf_pool::Invocation;
 
-use crate::invoke::{MAX_EVENT_BYTES, REQUEST_ID, new_request_id, response_of, wharf_headers};
-use crate::{ApiError, App};
+use crate::invoke::{
+    MAX_EVENT_BYTES, REQUEST_ID, new_request_id, response_of, target_of, wharf_headers,
+};
+use crate::{ApiError, App, versions};
 
 #[derive(Debug, Deserialize)]
 pub struct TriggerPath {
@@ -32,21 +34,32 @@ pub struct TriggerPath {
 /// How much of a failed function's answer a gateway error quotes.
 const QUOTED_ANSWER_BYTES: usize = 1024;
 
+/// `{name}` may be `NAME:QUALIFIER`, or the caller names the version or alias in
+/// `x-fc-qualifier` (which the function does not see). The query is the function's: it carries
+/// no qualifier.
 pub async fn trigger(
     State(app): State<Arc<App>>,
-    Path(TriggerPath { name }): Path<TriggerPath>,
+    Path(TriggerPath { name: given }): Path<TriggerPath>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     method: Method,
     uri: Uri,
-    headers: HeaderMap,
+    mut headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let request_id = new_request_id();
     let rid = HeaderValue::from_str(&request_id).expect("a request id is ASCII");
     let peer = peer.map(|Extension(ConnectInfo(addr))| addr);
-    let mut resp = match call_of(&name, peer, method, &uri, headers, body) {
-        Ok(call) => serve(&app, &name, &request_id, call).await,
-        Err(e) => e.for_contract(app.pool.contract_of(&name)),
+    let name = given.split_once(':').map_or(given.as_str(), |(n, _)| n);
+    let target = target_of(&app, &given, None, &headers);
+    headers.remove(versions::FC_QUALIFIER);
+    let mut resp = match target.and_then(|t| Ok((t, call_of(peer, method, &uri, headers, body)?))) {
+        Ok((target, call)) => {
+            let mut resp = serve(&app, name, &target.key, &request_id, call).await;
+            resp.headers_mut()
+                .insert(versions::VERSION, target.version_header());
+            resp
+        }
+        Err(e) => e.for_contract(app.pool.contract_of(name)),
     };
     resp.headers_mut().insert(REQUEST_ID, rid);
     resp
@@ -55,7 +68,6 @@ pub async fn trigger(
 /// The request the function sees: the path after `/v1/functions/{name}/http`, `/` when nothing
 /// follows it.
 fn call_of(
-    name: &str,
     peer: Option<SocketAddr>,
     method: Method,
     uri: &Uri,
@@ -73,9 +85,14 @@ fn call_of(
         }
         Err(e) => return Err(ApiError::invalid("body", e.body_text())),
     };
-    // Function names are plain ASCII: the raw prefix is the decoded one.
-    let prefix = format!("/v1/functions/{name}/http");
-    let rest = uri.path().strip_prefix(&prefix).unwrap_or("/");
+    // What follows `/v1/functions/{name}/http`, read from the raw path (the name segment may
+    // be percent-encoded there).
+    let rest = uri
+        .path()
+        .strip_prefix("/v1/functions/")
+        .and_then(|p| p.split_once('/'))
+        .and_then(|(_, p)| p.strip_prefix("http"))
+        .unwrap_or("/");
     let path = if rest.is_empty() { "/" } else { rest };
     let target = match uri.query() {
         Some(q) => format!("{path}?{q}"),
@@ -93,14 +110,15 @@ fn call_of(
     })
 }
 
-async fn serve(app: &App, name: &str, request_id: &str, call: HttpCall) -> Response {
-    let Some((contract, mode)) = app.pool.contract_and_mode(name) else {
+/// Calls pool `key` (function `name`, or one of its versions).
+async fn serve(app: &App, name: &str, key: &str, request_id: &str, call: HttpCall) -> Response {
+    let Some((contract, mode)) = app.pool.contract_and_mode(key) else {
         return ApiError::function_not_found(name).into_response();
     };
     let result = match mode {
         FunctionMode::Http => app
             .pool
-            .invoke_http(name, request_id, call)
+            .invoke_http(key, request_id, call)
             .await
             .map(response_of),
         FunctionMode::Job => {
@@ -117,7 +135,7 @@ async fn serve(app: &App, name: &str, request_id: &str, call: HttpCall) -> Respo
         FunctionMode::Event => {
             let event = apigw::event(&call, request_id);
             app.pool
-                .invoke(name, request_id, event)
+                .invoke(key, request_id, event)
                 .await
                 .map(|inv| gateway_response(name, contract, inv))
         }

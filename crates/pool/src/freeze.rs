@@ -274,7 +274,7 @@ async fn freeze_one(
             // Not to serve again: stopped now if idle, else when the request that took it
             // meanwhile releases it.
             instance.mark_unhealthy();
-            if let Some(fp) = pool.function(&instance.revision.spec.name)
+            if let Some(fp) = pool.function(&instance.revision.key)
                 && fp.remove_idle(&instance)
             {
                 pool.stop_in_background(vec![instance]);

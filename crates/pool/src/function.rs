@@ -27,6 +27,9 @@ pub struct FunctionSpec {
     pub name: String,
     /// Increases with every update of the function.
     pub revision: u64,
+    /// The published version this configuration is (`None`: the function's latest, `LATEST`).
+    /// A version's instances are a pool of their own, beside the latest's.
+    pub version: Option<u64>,
     pub contract: ContractKind,
     /// Called with events, or an HTTP function that gets requests passed through.
     pub mode: FunctionMode,
@@ -73,11 +76,28 @@ pub struct FunctionSpec {
     pub log: Arc<dyn FunctionLog>,
 }
 
+impl FunctionSpec {
+    /// What the pool knows it by: `NAME`, or `NAME:VERSION` for a published version.
+    pub fn key(&self) -> String {
+        match self.version {
+            Some(v) => version_key(&self.name, v),
+            None => self.name.clone(),
+        }
+    }
+}
+
+/// The pool's key of version `version` of function `name` (what [`crate::Pool::invoke`] takes
+/// to invoke it).
+pub fn version_key(name: &str, version: u64) -> String {
+    format!("{name}:{version}")
+}
+
 impl std::fmt::Debug for FunctionSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FunctionSpec")
             .field("name", &self.name)
             .field("revision", &self.revision)
+            .field("version", &self.version)
             .field("contract", &self.contract)
             .field("image_pinned", &self.image_pinned)
             .finish_non_exhaustive()
@@ -87,6 +107,8 @@ impl std::fmt::Debug for FunctionSpec {
 /// One revision of a function, with what is derived from it once.
 pub(crate) struct Revision {
     pub spec: FunctionSpec,
+    /// [`FunctionSpec::key`]: where the pool keeps it.
+    pub key: String,
     pub contract: Arc<dyn Contract>,
     pub context: FunctionContext,
     /// The contract's requests for this revision, stamped per call.
@@ -139,6 +161,9 @@ impl Revision {
                 });
             }
         }
+        let version = spec
+            .version
+            .map_or_else(|| "LATEST".to_string(), |v| v.to_string());
         let context = FunctionContext {
             name: spec.name.clone(),
             revision: spec.revision,
@@ -149,8 +174,9 @@ impl Revision {
             pre_freeze_timeout: spec.pre_freeze_timeout,
             pre_stop_timeout: spec.pre_stop_timeout,
             port: spec.port.unwrap_or_else(|| contract.default_port()),
-            qualifier: "LATEST".into(),
-            version: "LATEST".into(),
+            // Invoked by version, the qualifier is the version (an alias's call says no more).
+            qualifier: version.clone(),
+            version,
             region: config.region.clone(),
             account_id: config.account_id.clone(),
         };
@@ -158,6 +184,7 @@ impl Revision {
         let max_instances = spec.max_instances.unwrap_or(config.max_instances);
         Ok(Arc::new(Revision {
             max_instances,
+            key: spec.key(),
             spec,
             contract,
             context,
@@ -542,7 +569,7 @@ impl FunctionPool {
     /// Marks the function removed; returns its idle instances (busy ones stop when released).
     /// Waiting requests are told the function is gone.
     pub fn retire(&self) -> Vec<Arc<PoolInstance>> {
-        let name = self.revision().spec.name.clone();
+        let name = self.revision().key.clone();
         let mut st = self.lock();
         st.retired = true;
         for waiter in st.waiters.drain(..) {

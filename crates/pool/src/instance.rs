@@ -371,6 +371,7 @@ impl PoolInstance {
         crate::InstanceInfo {
             id: self.id().to_string(),
             revision: self.revision.spec.revision,
+            version: self.revision.spec.version,
             state,
             started_at_ms: crate::report::unix_ms(self.started),
             idle_ms: (state != crate::InstanceState::Busy)

@@ -33,7 +33,7 @@ mod report;
 mod runtime_api;
 
 pub use error::{DeployError, InvokeError};
-pub use function::{FunctionLog, FunctionSpec};
+pub use function::{FunctionLog, FunctionSpec, version_key};
 pub use invoke::Invocation;
 pub use listing::{InstanceInfo, InstanceState};
 pub use report::{InvocationRecord, InvocationStatus, billed_ms, mb_ceil, report_line};
@@ -130,7 +130,7 @@ impl Pool {
     /// Installs `spec` as the current revision of its function. New requests use it at once;
     /// idle instances of an older revision are stopped now, busy ones when they finish.
     pub fn deploy(&self, spec: FunctionSpec) -> Result<(), DeployError> {
-        let name = spec.name.clone();
+        let name = spec.key();
         let mut functions = self
             .inner
             .functions
@@ -170,25 +170,57 @@ impl Pool {
             .map_err(|source| DeployError::Network { source })
     }
 
-    /// Removes the function: new invocations of it are refused, its idle instances are stopped
-    /// before this returns, busy ones as soon as their request ends. The stops run to the end
-    /// even if this future is dropped. `false` if the pool did not know the function.
+    /// Removes the function and its published versions: new invocations of them are refused,
+    /// their idle instances are stopped before this returns, busy ones as soon as their request
+    /// ends. The stops run to the end even if this future is dropped. `false` if the pool did not
+    /// know the function.
     pub async fn remove(&self, name: &str) -> bool {
+        let versions = format!("{name}:");
+        let removed: Vec<Arc<FunctionPool>> = {
+            let mut functions = self
+                .inner
+                .functions
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            let keys: Vec<String> = functions
+                .keys()
+                .filter(|k| *k == name || k.starts_with(&versions))
+                .cloned()
+                .collect();
+            keys.iter().filter_map(|k| functions.remove(k)).collect()
+        };
+        let known = removed
+            .iter()
+            .any(|fp| fp.revision().spec.version.is_none());
+        self.retire(removed).await;
+        known
+    }
+
+    /// Removes published version `version` of function `name`, as [`remove`](Self::remove)
+    /// does a function. `false` if the pool did not have it.
+    pub async fn remove_version(&self, name: &str, version: u64) -> bool {
         let fp = self
             .inner
             .functions
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(name);
-        let Some(fp) = fp else { return false };
-        let idle = fp.retire();
+            .remove(&version_key(name, version));
+        let known = fp.is_some();
+        self.retire(fp.into_iter().collect()).await;
+        known
+    }
+
+    async fn retire(&self, removed: Vec<Arc<FunctionPool>>) {
+        if removed.is_empty() {
+            return;
+        }
+        let idle: Vec<_> = removed.iter().flat_map(|fp| fp.retire()).collect();
         let inner = self.inner.clone();
         let _ = self
             .inner
             .tasks
             .spawn(async move { inner.stop_all(idle).await })
             .await;
-        true
     }
 
     /// Refuses new invocations, stops every instance (in-flight invocations fail, cold starts

@@ -25,6 +25,9 @@ pub struct InstanceInfo {
     pub id: String,
     /// The function revision it runs.
     pub revision: u64,
+    /// The published version it runs; absent for the latest configuration.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
     pub state: InstanceState,
     /// When it became ready (Unix ms).
     pub started_at_ms: u64,
@@ -41,10 +44,28 @@ pub struct InstanceInfo {
 }
 
 impl Pool {
-    /// The instances of function `name`, oldest first; `None` if there is no such function.
+    /// The instances of function `name` and of its published versions, oldest first; `None` if
+    /// there is no such function.
     pub fn instances(&self, name: &str) -> Option<Vec<InstanceInfo>> {
-        let fp = self.inner.function(name)?;
-        let mut list: Vec<InstanceInfo> = fp.instances().iter().map(|i| i.info()).collect();
+        let versions = format!("{name}:");
+        let pools: Vec<_> = {
+            let functions = self
+                .inner
+                .functions
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            functions.get(name)?;
+            functions
+                .iter()
+                .filter(|(k, _)| *k == name || k.starts_with(&versions))
+                .map(|(_, fp)| fp.clone())
+                .collect()
+        };
+        let mut list: Vec<InstanceInfo> = pools
+            .iter()
+            .flat_map(|fp| fp.instances())
+            .map(|i| i.info())
+            .collect();
         list.sort_by(|a, b| (a.started_at_ms, &a.id).cmp(&(b.started_at_ms, &b.id)));
         Some(list)
     }

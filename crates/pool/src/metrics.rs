@@ -67,9 +67,21 @@ impl Pool {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .map(|(name, fp)| (name.clone(), fp.clone()))
+            .map(|(key, fp)| (key.clone(), fp.clone()))
             .collect();
         functions.sort_by(|a, b| a.0.cmp(&b.0));
+        // Each function's labels: `function`, and `version` for a published version's pool.
+        let functions: Vec<(String, _)> = functions
+            .into_iter()
+            .map(|(_, fp)| {
+                let spec = &fp.revision().spec;
+                let labels = match spec.version {
+                    Some(v) => format!("function=\"{}\",version=\"{v}\"", spec.name),
+                    None => format!("function=\"{}\"", spec.name),
+                };
+                (labels, fp)
+            })
+            .collect();
         let mut out = String::with_capacity(512 + functions.len() * 1024);
         let mut section =
             |name: &str, kind: &str, help: &str, body: &mut dyn FnMut(&mut String)| {
@@ -87,7 +99,7 @@ impl Pool {
                         let n = m.invocations[i].load(Ordering::Relaxed);
                         let _ = writeln!(
                             out,
-                            "wharf_invocations_total{{function=\"{f}\",status=\"{status}\"}} {n}"
+                            "wharf_invocations_total{{{f},status=\"{status}\"}} {n}"
                         );
                     }
                 }
@@ -100,7 +112,7 @@ impl Pool {
             &mut |out| {
                 for (f, fp) in &functions {
                     let n = fp.revision().metrics.throttles.load(Ordering::Relaxed);
-                    let _ = writeln!(out, "wharf_throttles_total{{function=\"{f}\"}} {n}");
+                    let _ = writeln!(out, "wharf_throttles_total{{{f}}} {n}");
                 }
             },
         );
@@ -111,7 +123,7 @@ impl Pool {
             &mut |out| {
                 for (f, fp) in &functions {
                     let n = fp.revision().metrics.cold_starts.load(Ordering::Relaxed);
-                    let _ = writeln!(out, "wharf_cold_starts_total{{function=\"{f}\"}} {n}");
+                    let _ = writeln!(out, "wharf_cold_starts_total{{{f}}} {n}");
                 }
             },
         );
@@ -127,16 +139,16 @@ impl Pool {
                         cumulative += m.buckets[i].load(Ordering::Relaxed);
                         let _ = writeln!(
                             out,
-                            "wharf_invocation_duration_seconds_bucket{{function=\"{f}\",le=\"{bound}\"}} {cumulative}"
+                            "wharf_invocation_duration_seconds_bucket{{{f},le=\"{bound}\"}} {cumulative}"
                         );
                     }
                     cumulative += m.buckets[BUCKETS_S.len()].load(Ordering::Relaxed);
                     let sum = m.duration_sum_us.load(Ordering::Relaxed) as f64 / 1e6;
                     let _ = writeln!(
                         out,
-                        "wharf_invocation_duration_seconds_bucket{{function=\"{f}\",le=\"+Inf\"}} {cumulative}\n\
-                         wharf_invocation_duration_seconds_sum{{function=\"{f}\"}} {sum}\n\
-                         wharf_invocation_duration_seconds_count{{function=\"{f}\"}} {cumulative}"
+                        "wharf_invocation_duration_seconds_bucket{{{f},le=\"+Inf\"}} {cumulative}\n\
+                         wharf_invocation_duration_seconds_sum{{{f}}} {sum}\n\
+                         wharf_invocation_duration_seconds_count{{{f}}} {cumulative}"
                     );
                 }
             },
@@ -147,11 +159,7 @@ impl Pool {
             "Requests waiting for an instance of the function to free.",
             &mut |out| {
                 for (f, fp) in &functions {
-                    let _ = writeln!(
-                        out,
-                        "wharf_queued_requests{{function=\"{f}\"}} {}",
-                        fp.queued()
-                    );
+                    let _ = writeln!(out, "wharf_queued_requests{{{f}}} {}", fp.queued());
                 }
             },
         );
@@ -164,10 +172,7 @@ impl Pool {
                     let all = fp.instances();
                     for (state, label) in STATES {
                         let n = all.iter().filter(|i| i.state() == state).count();
-                        let _ = writeln!(
-                            out,
-                            "wharf_instances{{function=\"{f}\",state=\"{label}\"}} {n}"
-                        );
+                        let _ = writeln!(out, "wharf_instances{{{f},state=\"{label}\"}} {n}");
                     }
                 }
             },

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::{FunctionRecord, FunctionStore, StoreError};
+use crate::{AliasRecord, FunctionRecord, FunctionStore, StoreError, VersionRecord};
 
 /// Version of the layout of the tables below. Bump it when a change cannot be read by older code.
 const FORMAT_VERSION: u64 = 1;
@@ -13,6 +13,30 @@ const FORMAT_KEY: &str = "format_version";
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const FUNCTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("functions");
+/// Versions under `function/<version, 20 digits>`, so that a function's sort in order.
+const VERSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("versions");
+/// Aliases under `function/alias`.
+const ALIASES: TableDefinition<&str, &[u8]> = TableDefinition::new("aliases");
+
+fn version_key(function: &str, version: u64) -> String {
+    format!("{function}/{version:020}")
+}
+
+fn alias_key(function: &str, name: &str) -> String {
+    format!("{function}/{name}")
+}
+
+/// The JSON record under `key` of `table`.
+fn decode_as<T: serde::de::DeserializeOwned>(
+    table: &str,
+    key: &str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
+        key: format!("{table}/{key}"),
+        source,
+    })
+}
 
 /// [`FunctionStore`] on a redb file.
 pub struct EmbeddedStore {
@@ -68,16 +92,57 @@ impl EmbeddedStore {
                 }
             }
             tx!("open functions", txn.open_table(FUNCTIONS))?;
+            tx!("open versions", txn.open_table(VERSIONS))?;
+            tx!("open aliases", txn.open_table(ALIASES))?;
         }
         tx!("commit", txn.commit())
     }
+
+    /// The records of `table` whose keys begin with `function/`, in key order.
+    fn list_under<T: serde::de::DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        name: &'static str,
+        function: &str,
+    ) -> Result<Vec<T>, StoreError> {
+        let prefix = format!("{function}/");
+        let txn = tx!("begin", self.db.begin_read())?;
+        let t = tx!("open table", txn.open_table(table))?;
+        let mut out = Vec::new();
+        for item in tx!("list", t.range(prefix.as_str()..))? {
+            let (k, v) = tx!("list", item)?;
+            if !k.value().starts_with(&prefix) {
+                break;
+            }
+            out.push(decode_as(name, k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+}
+
+/// Removes every key of `table` that begins with `prefix`.
+fn remove_under(
+    txn: &redb::WriteTransaction,
+    table: TableDefinition<&str, &[u8]>,
+    prefix: &str,
+) -> Result<(), StoreError> {
+    let mut t = tx!("open table", txn.open_table(table))?;
+    let mut keys = Vec::new();
+    for item in tx!("list", t.range(prefix..))? {
+        let (k, _) = tx!("list", item)?;
+        if !k.value().starts_with(prefix) {
+            break;
+        }
+        keys.push(k.value().to_string());
+    }
+    for k in keys {
+        tx!("delete", t.remove(k.as_str()))?;
+    }
+    Ok(())
 }
 
 fn decode(key: &str, bytes: &[u8]) -> Result<FunctionRecord, StoreError> {
-    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
-        key: format!("functions/{key}"),
-        source,
-    })
+    decode_as("functions", key, bytes)
 }
 
 impl FunctionStore for EmbeddedStore {
@@ -120,6 +185,81 @@ impl FunctionStore for EmbeddedStore {
             let mut table = tx!("open functions", txn.open_table(FUNCTIONS))?;
             tx!("delete function", table.remove(name))?.is_some()
         };
+        let prefix = format!("{name}/");
+        remove_under(&txn, VERSIONS, &prefix)?;
+        remove_under(&txn, ALIASES, &prefix)?;
+        tx!("commit", txn.commit())?;
+        Ok(existed)
+    }
+
+    fn put_version(
+        &self,
+        version: &VersionRecord,
+        function: &FunctionRecord,
+    ) -> Result<(), StoreError> {
+        let v = serde_json::to_vec(version).expect("a version record always serialises");
+        let f = serde_json::to_vec(function).expect("a function record always serialises");
+        let key = version_key(&version.function, version.version);
+        let txn = tx!("begin", self.db.begin_write())?;
+        {
+            let mut versions = tx!("open versions", txn.open_table(VERSIONS))?;
+            tx!("put version", versions.insert(key.as_str(), v.as_slice()))?;
+            let mut functions = tx!("open functions", txn.open_table(FUNCTIONS))?;
+            tx!(
+                "put function",
+                functions.insert(function.name.as_str(), f.as_slice())
+            )?;
+        }
+        tx!("commit", txn.commit())
+    }
+
+    fn list_versions(&self, function: &str) -> Result<Vec<VersionRecord>, StoreError> {
+        self.list_under(VERSIONS, "versions", function)
+    }
+
+    fn delete_version(&self, function: &str, version: u64) -> Result<bool, StoreError> {
+        let key = version_key(function, version);
+        let txn = tx!("begin", self.db.begin_write())?;
+        let existed = {
+            let mut t = tx!("open versions", txn.open_table(VERSIONS))?;
+            tx!("delete version", t.remove(key.as_str()))?.is_some()
+        };
+        tx!("commit", txn.commit())?;
+        Ok(existed)
+    }
+
+    fn put_alias(&self, alias: &AliasRecord) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(alias).expect("an alias record always serialises");
+        let key = alias_key(&alias.function, &alias.name);
+        let txn = tx!("begin", self.db.begin_write())?;
+        {
+            let mut t = tx!("open aliases", txn.open_table(ALIASES))?;
+            tx!("put alias", t.insert(key.as_str(), bytes.as_slice()))?;
+        }
+        tx!("commit", txn.commit())
+    }
+
+    fn get_alias(&self, function: &str, name: &str) -> Result<Option<AliasRecord>, StoreError> {
+        let key = alias_key(function, name);
+        let txn = tx!("begin", self.db.begin_read())?;
+        let t = tx!("open aliases", txn.open_table(ALIASES))?;
+        match tx!("get alias", t.get(key.as_str()))? {
+            Some(v) => decode_as("aliases", &key, v.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn list_aliases(&self, function: &str) -> Result<Vec<AliasRecord>, StoreError> {
+        self.list_under(ALIASES, "aliases", function)
+    }
+
+    fn delete_alias(&self, function: &str, name: &str) -> Result<bool, StoreError> {
+        let key = alias_key(function, name);
+        let txn = tx!("begin", self.db.begin_write())?;
+        let existed = {
+            let mut t = tx!("open aliases", txn.open_table(ALIASES))?;
+            tx!("delete alias", t.remove(key.as_str()))?.is_some()
+        };
         tx!("commit", txn.commit())?;
         Ok(existed)
     }
@@ -161,6 +301,7 @@ mod tests {
             registry_auth: None,
             prepull: true,
             revision: 1,
+            last_version: 0,
             created_at_ms: 1,
             updated_at_ms: 1,
         }
@@ -260,5 +401,66 @@ mod tests {
         let got = store.get_function("f").unwrap().unwrap();
         assert!(got.env.is_empty());
         assert_eq!(got.args, Some(vec!["--x".to_string()]));
+    }
+
+    #[test]
+    fn versions_and_aliases_list_in_order_and_go_with_their_function() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("state.db")).unwrap();
+        for name in ["f", "f1", "g"] {
+            store.put_function(&record(name)).unwrap();
+        }
+        let version = |function: &str, v: u64| VersionRecord {
+            function: function.into(),
+            version: v,
+            description: String::new(),
+            created_at_ms: v,
+            config: record(function),
+        };
+        // 10 after 9 (keys are padded), and f1's never among f's.
+        for v in [9, 10, 2] {
+            store.put_version(&version("f", v), &record("f")).unwrap();
+        }
+        store.put_version(&version("f1", 1), &record("f1")).unwrap();
+        let listed: Vec<u64> = store
+            .list_versions("f")
+            .unwrap()
+            .iter()
+            .map(|v| v.version)
+            .collect();
+        assert_eq!(listed, [2, 9, 10]);
+        let alias = |function: &str, name: &str| AliasRecord {
+            function: function.into(),
+            name: name.into(),
+            version: 2,
+            additional_version_weights: [(9, 0.25)].into(),
+            description: String::new(),
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        };
+        store.put_alias(&alias("f", "prod")).unwrap();
+        store.put_alias(&alias("f", "beta")).unwrap();
+        store.put_alias(&alias("f1", "prod")).unwrap();
+        let names: Vec<String> = store
+            .list_aliases("f")
+            .unwrap()
+            .into_iter()
+            .map(|a| a.name)
+            .collect();
+        assert_eq!(names, ["beta", "prod"]);
+        assert_eq!(
+            store.get_alias("f", "prod").unwrap(),
+            Some(alias("f", "prod"))
+        );
+        assert!(store.delete_alias("f", "beta").unwrap());
+        assert!(!store.delete_alias("f", "beta").unwrap());
+        assert!(store.delete_version("f", 9).unwrap());
+        assert!(!store.delete_version("f", 9).unwrap());
+
+        assert!(store.delete_function("f").unwrap());
+        assert!(store.list_versions("f").unwrap().is_empty());
+        assert!(store.list_aliases("f").unwrap().is_empty());
+        assert_eq!(store.list_versions("f1").unwrap().len(), 1);
+        assert!(store.get_alias("f1", "prod").unwrap().is_some());
     }
 }

@@ -79,6 +79,9 @@ pub struct FunctionRecord {
     pub prepull: bool,
     /// Incremented on every update; instances of an older revision drain and stop.
     pub revision: u64,
+    /// The number of the last version published (0: none yet); the next gets one more.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub last_version: u64,
     /// Unix milliseconds.
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
@@ -94,6 +97,10 @@ fn default_one() -> u32 {
 
 fn is_one(n: &u32) -> bool {
     *n == 1
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -1,5 +1,5 @@
-//! Wharf's state: functions (and later versions, aliases, invocation records, the async queue)
-//! and function logs.
+//! Wharf's state: functions, their published versions and aliases (later the async queue), and
+//! function logs.
 //!
 //! Why it looks like this:
 //! - State sits behind the [`FunctionStore`] trait so that the embedded backend (one redb file in
@@ -14,10 +14,12 @@
 mod embedded;
 mod function;
 mod logs;
+mod version;
 
 pub use embedded::EmbeddedStore;
 pub use function::{FunctionRecord, Initializer, MountRecord, RegistryCredentials};
 pub use logs::{LogEntry, LogFile, LogStore, LogStream, LogWriter, unix_ms};
+pub use version::{AliasRecord, VersionRecord};
 
 use std::path::PathBuf;
 
@@ -67,6 +69,26 @@ pub trait FunctionStore: Send + Sync + 'static {
     fn get_function(&self, name: &str) -> Result<Option<FunctionRecord>, StoreError>;
     /// All functions, ordered by name.
     fn list_functions(&self) -> Result<Vec<FunctionRecord>, StoreError>;
-    /// Removes the function; `false` if there was none.
+    /// Removes the function, with its versions and aliases; `false` if there was none.
     fn delete_function(&self, name: &str) -> Result<bool, StoreError>;
+
+    /// Stores a published version and the function record that counts it (`last_version`),
+    /// in one transaction.
+    fn put_version(
+        &self,
+        version: &VersionRecord,
+        function: &FunctionRecord,
+    ) -> Result<(), StoreError>;
+    /// The function's versions, oldest first.
+    fn list_versions(&self, function: &str) -> Result<Vec<VersionRecord>, StoreError>;
+    /// `false` if there was no such version.
+    fn delete_version(&self, function: &str, version: u64) -> Result<bool, StoreError>;
+
+    /// Creates or replaces the alias `alias.name` of `alias.function`.
+    fn put_alias(&self, alias: &AliasRecord) -> Result<(), StoreError>;
+    fn get_alias(&self, function: &str, name: &str) -> Result<Option<AliasRecord>, StoreError>;
+    /// The function's aliases, ordered by name.
+    fn list_aliases(&self, function: &str) -> Result<Vec<AliasRecord>, StoreError>;
+    /// `false` if there was no such alias.
+    fn delete_alias(&self, function: &str, name: &str) -> Result<bool, StoreError>;
 }

@@ -104,6 +104,72 @@ pub enum Command {
     /// List the images in the store, or remove those no function uses
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Publish, list and delete a function's versions (invoke one as NAME:VERSION)
+    #[command(subcommand)]
+    Version(VersionCommand),
+    /// Point a name at a version, or split calls between two (invoke as NAME:ALIAS)
+    #[command(subcommand)]
+    Alias(AliasCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VersionCommand {
+    /// Publish the function's current configuration and image as a new, immutable version
+    Publish {
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List a function's versions, oldest first
+    Ls {
+        name: String,
+        /// Print the API's JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a version and stop its instances (refused while an alias uses it)
+    Rm { name: String, version: u64 },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AliasCommand {
+    /// Create or change an alias: all calls to VERSION, or a share to another with --weight
+    Set {
+        name: String,
+        alias: String,
+        version: u64,
+        /// Send this share of the calls to another version: OTHER=SHARE, e.g. 2=0.1
+        #[arg(long, value_parser = parse_weight)]
+        weight: Option<(u64, f64)>,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List a function's aliases
+    Ls {
+        name: String,
+        /// Print the API's JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete an alias
+    Rm { name: String, alias: String },
+}
+
+/// `2=0.1` → version 2 gets a tenth of the calls.
+fn parse_weight(s: &str) -> Result<(u64, f64), String> {
+    let (v, w) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected VERSION=SHARE, e.g. 2=0.1"))?;
+    let v = v
+        .parse()
+        .map_err(|_| format!("{v:?} is not a version number"))?;
+    let w: f64 = w
+        .parse()
+        .map_err(|_| format!("{w:?} is not a share between 0 and 1"))?;
+    if !(0.0..=1.0).contains(&w) {
+        return Err(format!("the share {w} is not between 0 and 1"));
+    }
+    Ok((v, w))
 }
 
 #[derive(Debug, Subcommand)]

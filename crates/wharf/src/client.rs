@@ -119,6 +119,8 @@ pub async fn run(global: Global, command: Command) -> anyhow::Result<ExitCode> {
         Command::Ps { name, json } => ps(&client, name.as_deref(), json).await,
         Command::Image(ImageCommand::Ls { json }) => crate::images::ls(&client, json).await,
         Command::Image(ImageCommand::Prune { json }) => crate::images::prune(&client, json).await,
+        Command::Version(c) => crate::versions::version(&client, c).await,
+        Command::Alias(c) => crate::versions::alias(&client, c).await,
     }
 }
 
@@ -657,7 +659,11 @@ async fn ps(client: &Client, name: Option<&str>, json: bool) -> anyhow::Result<E
             .await?;
         for i in v["instances"].as_array().into_iter().flatten() {
             let mut i = i.clone();
-            i["function"] = json!(n);
+            // A published version's instances show as NAME:VERSION.
+            i["function"] = match i["version"].as_u64() {
+                Some(v) => json!(format!("{n}:{v}")),
+                None => json!(n),
+            };
             all.push(i);
         }
     }

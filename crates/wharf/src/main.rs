@@ -5,6 +5,7 @@ mod cli;
 mod client;
 mod images;
 mod serve;
+mod versions;
 
 use std::process::ExitCode;
 

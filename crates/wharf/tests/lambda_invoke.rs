@@ -87,6 +87,11 @@ async fn the_lambda_invoke_api_answers_botocore_and_the_aws_cli_like_lambda() {
     let failing = json!({"cmd": "status", "status": 404});
     let own = env.invoke("hello", failing.clone()).await;
     assert_eq!(own.status, 404, "{}", own.text());
+    let publish = env
+        .wharf
+        .api("POST", "/v1/functions/hello/versions", None)
+        .await;
+    assert_eq!(publish.status, 201, "{}", publish.text());
 
     let r = botocore(
         &venv,
@@ -104,7 +109,8 @@ async fn the_lambda_invoke_api_answers_botocore_and_the_aws_cli_like_lambda() {
             {"FunctionName": "hello", "InvocationType": "DryRun"},
             {"FunctionName": "hello", "InvocationType": "Event", "Payload": {"name": "later"}},
             {"FunctionName": "nope", "Payload": {}},
-            {"FunctionName": "hello", "Qualifier": "1", "Payload": {}},
+            {"FunctionName": "hello", "Qualifier": "7", "Payload": {}},
+            {"FunctionName": "hello", "Qualifier": "1", "Payload": {"name": "v1"}},
             {"FunctionName": "slow", "Payload": {"cmd": "sleep", "ms": 5000}},
             {"FunctionName": "hello", "InvocationType": "Sometimes"},
             {"FunctionName": "hello", "Payload": {"pad": "y".repeat(2 * 1024 * 1024)}},
@@ -124,6 +130,7 @@ async fn the_lambda_invoke_api_answers_botocore_and_the_aws_cli_like_lambda() {
         event,
         unknown,
         version,
+        published,
         timeout,
         bad_type,
         big,
@@ -141,6 +148,8 @@ async fn the_lambda_invoke_api_answers_botocore_and_the_aws_cli_like_lambda() {
     assert_eq!(hello["FunctionError"], Value::Null, "{hello}");
     assert_eq!(hello["ExecutedVersion"], "$LATEST", "{hello}");
     assert_eq!(arn["Payload"], "Hello, arn!\n", "{arn}");
+    assert_eq!(published["Payload"], "Hello, v1!\n", "{published}");
+    assert_eq!(published["ExecutedVersion"], "1", "{published}");
     assert_eq!(emulator["Payload"], "Hello, emulator!\n", "{emulator}");
 
     // The log tail: that invocation's lines, START to REPORT, what it printed between.
