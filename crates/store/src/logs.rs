@@ -348,8 +348,18 @@ impl LogWriter {
 
 struct OpenFile {
     file: File,
+    /// Its length, with `pending`.
     len: u64,
+    /// Lines not written yet.
+    pending: Vec<u8>,
 }
+
+/// After the first line of a quiet spell, the writer thread waits this long for more before it
+/// writes: a burst of lines (an invocation has four to six) becomes one write per file, and the
+/// threads that log wake the writer once per burst rather than once per line.
+const LINGER: Duration = Duration::from_millis(2);
+/// A file's lines are written at once when this many bytes are waiting.
+const PENDING_MAX: usize = 64 * 1024;
 
 /// The writer thread's state: the open files, by file name.
 struct Writer {
@@ -360,57 +370,84 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, rx: Receiver<Command>) {
-        while let Ok(command) = rx.recv() {
-            match command {
-                Command::Append {
-                    function,
-                    file,
-                    generation,
-                    line,
-                } => {
-                    let current = self
-                        .generations
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .get(&*function)
-                        .copied()
-                        .unwrap_or_default();
-                    if generation != current {
-                        continue;
-                    }
-                    if let Err(e) = self.append(&file_name(&function, file), &line) {
-                        tracing::warn!(function = %function, error = %e, "cannot write the function's log");
-                    }
+        while let Ok(first) = rx.recv() {
+            if matches!(first, Command::Append { .. }) {
+                std::thread::sleep(LINGER);
+            }
+            let mut next = Some(first);
+            while let Some(command) = next.take().or_else(|| rx.try_recv().ok()) {
+                self.handle(command);
+            }
+            self.write_pending();
+        }
+        self.write_pending();
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Append {
+                function,
+                file,
+                generation,
+                line,
+            } => {
+                let current = self
+                    .generations
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&*function)
+                    .copied()
+                    .unwrap_or_default();
+                if generation != current {
+                    return;
                 }
-                Command::Remove { function, done } => {
-                    let _ = done.send(self.remove(&function));
+                if let Err(e) = self.append(&file_name(&function, file), &line) {
+                    tracing::warn!(function = %function, error = %e, "cannot write the function's log");
                 }
-                Command::Flush { done } => {
-                    let _ = done.send(());
-                }
+            }
+            Command::Remove { function, done } => {
+                let _ = done.send(self.remove(&function));
+            }
+            Command::Flush { done } => {
+                self.write_pending();
+                let _ = done.send(());
+            }
+        }
+    }
+
+    /// Writes every file's waiting lines.
+    fn write_pending(&mut self) {
+        for (name, f) in &mut self.open {
+            if let Err(e) = write_out(&self.dir, name, f) {
+                tracing::warn!(file = %name, error = %e, "cannot write a function's log");
             }
         }
     }
 
     fn append(&mut self, name: &str, line: &[u8]) -> Result<(), StoreError> {
-        let path = self.dir.join(name);
-        let io = |source| StoreError::Log {
-            path: path.clone(),
-            source,
-        };
         if !self.open.contains_key(name) {
-            let file = open_append(&path)?;
+            let file = open_append(&self.dir.join(name))?;
             let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-            self.open.insert(name.to_string(), OpenFile { file, len });
+            let pending = Vec::new();
+            self.open
+                .insert(name.to_string(), OpenFile { file, len, pending });
         }
         let f = self.open.get_mut(name).expect("just opened");
         if f.len + line.len() as u64 > MAX_LOG_FILE_BYTES {
-            std::fs::rename(&path, rotated(&path)).map_err(io)?;
+            write_out(&self.dir, name, f)?;
+            let path = self.dir.join(name);
+            std::fs::rename(&path, rotated(&path)).map_err(|source| StoreError::Log {
+                path: path.clone(),
+                source,
+            })?;
             f.file = open_append(&path)?;
             f.len = 0;
         }
-        f.file.write_all(line).map_err(io)?;
+        f.pending.extend_from_slice(line);
         f.len += line.len() as u64;
+        if f.pending.len() >= PENDING_MAX {
+            write_out(&self.dir, name, f)?;
+        }
         Ok(())
     }
 
@@ -429,6 +466,19 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+/// Writes `f`'s waiting lines (file `name` of `dir`). Lines that cannot be written are dropped.
+fn write_out(dir: &Path, name: &str, f: &mut OpenFile) -> Result<(), StoreError> {
+    if f.pending.is_empty() {
+        return Ok(());
+    }
+    let written = f.file.write_all(&f.pending);
+    f.pending.clear();
+    written.map_err(|source| StoreError::Log {
+        path: dir.join(name),
+        source,
+    })
 }
 
 /// The one older generation a rotated file keeps: `<name>.log.1`.

@@ -115,6 +115,9 @@ pub async fn run(global: Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
             Err(e)
         }
     };
+    // The last lines (instances stopping) are in the function logs before the process ends.
+    let logs = app.logs.clone();
+    let _ = tokio::task::spawn_blocking(move || logs.flush()).await;
     let _ = std::fs::remove_file(data_dir.join(ADDR_FILE));
     result?;
     info!("stopped");
