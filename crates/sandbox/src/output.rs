@@ -69,7 +69,9 @@ impl OutputCapture {
         stderr: OwnedFd,
         sink: Arc<dyn OutputSink>,
     ) -> io::Result<OutputCapture> {
-        let recent = Arc::new(Mutex::new(VecDeque::with_capacity(RECENT_OUTPUT_BYTES)));
+        // Allocated at the first output: most idle instances never print, and 1,000 of them
+        // would hold 4 MiB for nothing (P12).
+        let recent = Arc::new(Mutex::new(VecDeque::new()));
         let mut tasks = Vec::with_capacity(2);
         let mut streams = Vec::with_capacity(2);
         for (fd, stream) in [(stdout, Stream::Stdout), (stderr, Stream::Stderr)] {

@@ -20,7 +20,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -354,10 +354,14 @@ struct OpenFile {
     pending: Vec<u8>,
 }
 
-/// After the first line of a quiet spell, the writer thread waits this long for more before it
-/// writes: a burst of lines (an invocation has four to six) becomes one write per file, and the
-/// threads that log wake the writer once per burst rather than once per line.
+/// While lines come, the writer thread collects them this often and writes each file's at once:
+/// a burst of lines (an invocation has four to six) becomes one write per file.
 const LINGER: Duration = Duration::from_millis(2);
+/// ...and it sleeps between collections rather than waiting on the queue, so that a thread that
+/// logs never has to wake it (a wake-up is a system call and, on a VM, a cross-CPU interrupt, on
+/// the request path). After this long without a line it waits on the queue again, costing
+/// nothing while the daemon is idle.
+const STAY_AWAKE: Duration = Duration::from_secs(1);
 /// A file's lines are written at once when this many bytes are waiting.
 const PENDING_MAX: usize = 64 * 1024;
 
@@ -370,15 +374,30 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, rx: Receiver<Command>) {
+        // Quiet: wait for a line.
         while let Ok(first) = rx.recv() {
-            if matches!(first, Command::Append { .. }) {
+            self.handle(first);
+            // Busy: collect every LINGER until STAY_AWAKE passes without a line.
+            let mut quiet = Duration::ZERO;
+            while quiet < STAY_AWAKE {
                 std::thread::sleep(LINGER);
+                let mut got = false;
+                loop {
+                    match rx.try_recv() {
+                        Ok(command) => {
+                            got = true;
+                            self.handle(command);
+                        }
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Disconnected) => {
+                            self.write_pending();
+                            return;
+                        }
+                    }
+                }
+                self.write_pending();
+                quiet = if got { Duration::ZERO } else { quiet + LINGER };
             }
-            let mut next = Some(first);
-            while let Some(command) = next.take().or_else(|| rx.try_recv().ok()) {
-                self.handle(command);
-            }
-            self.write_pending();
         }
         self.write_pending();
     }
