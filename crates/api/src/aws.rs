@@ -5,7 +5,8 @@
 //! `arn:aws:lambda:REGION:ACCOUNT:function:NAME[:QUALIFIER]` (region and account are not
 //! checked: Wharf has one of each). The local emulator's path
 //! `/2015-03-31/functions/function/invocations` is this same route: it invokes the function
-//! named `function`. Only `$LATEST` exists (no versions or aliases are published yet).
+//! named `function`. The qualifier (or `?Qualifier=`) is `$LATEST`, a published version or an
+//! alias ([`crate::versions`]).
 //!
 //! `X-Amz-Invocation-Type`: `RequestResponse` (default) answers 200 with the function's body;
 //! `Event` answers 202 and queues the event ([`EventQueue`]); `DryRun` answers 204 once the
