@@ -53,9 +53,10 @@ pub async fn version(client: &Client, c: VersionCommand) -> anyhow::Result<ExitC
             for r in v["versions"].as_array().into_iter().flatten() {
                 println!(
                     "{:>7}  {:<24}  {:>4}  {:<40}  {}",
-                    r["version"],
+                    // Width applies to strings, not to JSON values.
+                    r["version"].to_string(),
                     r["created_at"].as_str().unwrap_or_default(),
-                    r["config"]["revision"],
+                    r["config"]["revision"].to_string(),
                     r["config"]["image"].as_str().unwrap_or_default(),
                     r["description"].as_str().unwrap_or_default(),
                 );
