@@ -37,15 +37,10 @@ pub async fn version(client: &Client, c: VersionCommand) -> anyhow::Result<ExitC
             }
         }
         VersionCommand::Ls { name, json } => {
-            let v: Value = client
-                .call_ok(Method::GET, &format!("/v1/functions/{name}/versions"), None)
-                .await?
-                .json()
-                .await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+            let Some(v) = listing(client, &format!("/v1/functions/{name}/versions"), json).await?
+            else {
                 return Ok(ExitCode::SUCCESS);
-            }
+            };
             println!(
                 "{:>7}  {:<24}  {:>4}  {:<40}  DESCRIPTION",
                 "VERSION", "CREATED", "REV", "IMAGE"
@@ -106,15 +101,10 @@ pub async fn alias(client: &Client, c: AliasCommand) -> anyhow::Result<ExitCode>
             println!("{name}:{alias} → {}", routes(&v));
         }
         AliasCommand::Ls { name, json } => {
-            let v: Value = client
-                .call_ok(Method::GET, &format!("/v1/functions/{name}/aliases"), None)
-                .await?
-                .json()
-                .await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+            let Some(v) = listing(client, &format!("/v1/functions/{name}/aliases"), json).await?
+            else {
                 return Ok(ExitCode::SUCCESS);
-            }
+            };
             println!("{:<24}  {:<28}  DESCRIPTION", "ALIAS", "VERSIONS");
             for a in v["aliases"].as_array().into_iter().flatten() {
                 println!(
@@ -137,6 +127,20 @@ pub async fn alias(client: &Client, c: AliasCommand) -> anyhow::Result<ExitCode>
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The API's answer to `GET path`; with `json`, printed as it is, and `None`.
+async fn listing(client: &Client, path: &str, json: bool) -> anyhow::Result<Option<Value>> {
+    let v: Value = client
+        .call_ok(Method::GET, path, None)
+        .await?
+        .json()
+        .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(None);
+    }
+    Ok(Some(v))
 }
 
 /// `1` or `1 (70%), 2 (30%)`.
