@@ -446,7 +446,7 @@ async fn invoke(
             InvocationType::RequestResponse => {
                 Ok(request_response(&app, name, &target, &id, event, tail).await)
             }
-            InvocationType::Event => queue_event(&app, name, target.key, &id, event).await,
+            InvocationType::Event => queue_event(&app, name, target, &id, event).await,
             InvocationType::DryRun => dry_run(&app, name).await,
         }
     }
@@ -465,7 +465,10 @@ async fn request_response(
     event: Bytes,
     tail: bool,
 ) -> Response {
-    let invoked = app.pool.invoke(&target.key, id, event).await;
+    let invoked = app
+        .pool
+        .invoke_via(&target.key, target.alias.as_deref(), id, event)
+        .await;
     let (body, content_type, function_error) = match invoked {
         Ok(inv) => (
             inv.body,
@@ -581,7 +584,7 @@ async fn dry_run(app: &Arc<App>, name: &str) -> Result<Response, AwsError> {
 async fn queue_event(
     app: &Arc<App>,
     name: &str,
-    key: String,
+    target: crate::versions::Target,
     id: &str,
     event: Bytes,
 ) -> Result<Response, AwsError> {
@@ -595,7 +598,8 @@ async fn queue_event(
     app.events.submit(
         &app.pool,
         QueuedEvent {
-            function: key,
+            function: target.key,
+            alias: target.alias,
             request_id: id.to_string(),
             event,
         },
@@ -604,7 +608,9 @@ async fn queue_event(
 }
 
 struct QueuedEvent {
+    /// The pool's key: the function, or one of its versions.
     function: String,
+    alias: Option<String>,
     request_id: String,
     event: Bytes,
 }
@@ -654,7 +660,9 @@ async fn run_events(pool: Pool, mut rx: mpsc::Receiver<QueuedEvent>) {
         tokio::spawn(async move {
             let _slot = slot;
             // The pool records the outcome (and writes the log lines) of every call.
-            if let Err(e) = pool.invoke(&ev.function, &ev.request_id, ev.event).await {
+            let invoked =
+                pool.invoke_via(&ev.function, ev.alias.as_deref(), &ev.request_id, ev.event);
+            if let Err(e) = invoked.await {
                 tracing::info!(function = %ev.function, request_id = %ev.request_id, error = %e, "asynchronous invocation failed");
             }
         });

@@ -153,7 +153,7 @@ pub async fn invoke(
         (_, Err(e)) => Err(ApiError::invalid("body", e.body_text())),
         (Ok(target), Ok(event)) => app
             .pool
-            .invoke(&target.key, &request_id, event)
+            .invoke_via(&target.key, target.alias.as_deref(), &request_id, event)
             .await
             .map(|inv| (target, inv))
             .map_err(ApiError::from),

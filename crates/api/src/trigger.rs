@@ -54,7 +54,7 @@ pub async fn trigger(
     headers.remove(versions::FC_QUALIFIER);
     let mut resp = match target.and_then(|t| Ok((t, call_of(peer, method, &uri, headers, body)?))) {
         Ok((target, call)) => {
-            let mut resp = serve(&app, name, &target.key, &request_id, call).await;
+            let mut resp = serve(&app, name, &target, &request_id, call).await;
             resp.headers_mut()
                 .insert(versions::VERSION, target.version_header());
             resp
@@ -110,15 +110,22 @@ fn call_of(
     })
 }
 
-/// Calls pool `key` (function `name`, or one of its versions).
-async fn serve(app: &App, name: &str, key: &str, request_id: &str, call: HttpCall) -> Response {
+/// Calls `target` (function `name`, or one of its versions).
+async fn serve(
+    app: &App,
+    name: &str,
+    target: &versions::Target,
+    request_id: &str,
+    call: HttpCall,
+) -> Response {
+    let (key, alias) = (target.key.as_str(), target.alias.as_deref());
     let Some((contract, mode)) = app.pool.contract_and_mode(key) else {
         return ApiError::function_not_found(name).into_response();
     };
     let result = match mode {
         FunctionMode::Http => app
             .pool
-            .invoke_http(key, request_id, call)
+            .invoke_http(key, alias, request_id, call)
             .await
             .map(response_of),
         FunctionMode::Job => {
@@ -135,7 +142,7 @@ async fn serve(app: &App, name: &str, key: &str, request_id: &str, call: HttpCal
         FunctionMode::Event => {
             let event = apigw::event(&call, request_id);
             app.pool
-                .invoke(key, request_id, event)
+                .invoke_via(key, alias, request_id, event)
                 .await
                 .map(|inv| gateway_response(name, contract, inv))
         }

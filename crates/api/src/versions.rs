@@ -189,6 +189,9 @@ pub struct Target {
     pub key: String,
     /// `None`: the latest configuration.
     pub version: Option<u64>,
+    /// The alias the call came through, if it did (the function is told, where its contract
+    /// says how).
+    pub alias: Option<String>,
 }
 
 impl Target {
@@ -204,16 +207,21 @@ impl Target {
 /// The pool an invocation of function `name` with `qualifier` goes to. An alias picks one of
 /// its versions by weight on every call.
 pub fn resolve(app: &App, name: &str, qualifier: Option<&str>) -> Result<Target, ApiError> {
+    let mut via = None;
     let version = match parse_qualifier(qualifier)? {
         Qualifier::Latest => {
             return Ok(Target {
                 key: name.to_string(),
                 version: None,
+                alias: None,
             });
         }
         Qualifier::Version(v) => v,
         Qualifier::Alias(alias) => match app.aliases.route(name, alias) {
-            Some(route) => route.pick(),
+            Some(route) => {
+                via = Some(alias.to_string());
+                route.pick()
+            }
             None if app.pool.contract_of(name).is_none() => {
                 return Err(ApiError::function_not_found(name));
             }
@@ -230,6 +238,7 @@ pub fn resolve(app: &App, name: &str, qualifier: Option<&str>) -> Result<Target,
     Ok(Target {
         key,
         version: Some(version),
+        alias: via,
     })
 }
 

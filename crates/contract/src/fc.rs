@@ -197,6 +197,10 @@ impl Contract for Fc {
         )
     }
 
+    fn qualifier_header(&self) -> Option<http::HeaderName> {
+        Some(http::HeaderName::from_static("x-fc-qualifier"))
+    }
+
     fn log_marker(&self, point: LogPoint, request_id: &str) -> Option<String> {
         let what = match point {
             LogPoint::InitializeStart => "Initialize Start",

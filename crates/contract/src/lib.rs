@@ -499,6 +499,12 @@ pub trait Contract: Send + Sync + 'static {
     fn log_marker(&self, _point: LogPoint, _request_id: &str) -> Option<String> {
         None
     }
+    /// The request header that tells the function which qualifier (alias) it was called by, if
+    /// the contract has one: set per call, over the version's own value, when a call comes
+    /// through an alias (FC: `x-fc-qualifier`).
+    fn qualifier_header(&self) -> Option<http::HeaderName> {
+        None
+    }
     /// Whether the image has no server but a runtime client that pulls its work from an API
     /// Wharf serves inside the instance on the function's port (Lambda's Runtime API). The
     /// instance is then ready when the client first asks for work, not when something listens.

@@ -174,7 +174,8 @@ impl Revision {
             pre_freeze_timeout: spec.pre_freeze_timeout,
             pre_stop_timeout: spec.pre_stop_timeout,
             port: spec.port.unwrap_or_else(|| contract.default_port()),
-            // Invoked by version, the qualifier is the version (an alias's call says no more).
+            // The version's number; a call through an alias sets the contract's qualifier
+            // header to the alias instead (`Contract::qualifier_header`).
             qualifier: version.clone(),
             version,
             region: config.region.clone(),

@@ -63,19 +63,33 @@ impl Pool {
         request_id: &str,
         event: Bytes,
     ) -> Result<Invocation, InvokeError> {
-        self.call(name, request_id, Call::Event(event)).await
+        self.call(name, None, request_id, Call::Event(event)).await
     }
 
-    /// Passes `call` through to HTTP function `name` (its answer is the function's response,
-    /// with the contract's response header rules applied). An event function, or a request the
-    /// contract refuses, is an [`InvokeError::BadRequest`].
+    /// [`invoke`](Self::invoke), for a call that came through `alias` (of the version `key`
+    /// names): the contract's qualifier header says the alias.
+    pub async fn invoke_via(
+        &self,
+        key: &str,
+        alias: Option<&str>,
+        request_id: &str,
+        event: Bytes,
+    ) -> Result<Invocation, InvokeError> {
+        self.call(key, alias, request_id, Call::Event(event)).await
+    }
+
+    /// Passes `call` through to HTTP function `key` (its answer is the function's response,
+    /// with the contract's response header rules applied); `alias` as in
+    /// [`invoke_via`](Self::invoke_via). An event function, or a request the contract refuses,
+    /// is an [`InvokeError::BadRequest`].
     pub async fn invoke_http(
         &self,
-        name: &str,
+        key: &str,
+        alias: Option<&str>,
         request_id: &str,
         call: HttpCall,
     ) -> Result<Invocation, InvokeError> {
-        self.call(name, request_id, Call::Http(call)).await
+        self.call(key, alias, request_id, Call::Http(call)).await
     }
 
     /// The contract of function `name`; `None` if there is no such function.
@@ -96,6 +110,7 @@ impl Pool {
     async fn call(
         &self,
         name: &str,
+        alias: Option<&str>,
         request_id: &str,
         call: Call,
     ) -> Result<Invocation, InvokeError> {
@@ -108,10 +123,11 @@ impl Pool {
             .ok_or_else(|| InvokeError::FunctionNotFound { name: name.into() })?;
         let inner = self.inner.clone();
         let request_id = request_id.to_string();
+        let alias = alias.map(str::to_string);
         let task = self
             .inner
             .tasks
-            .spawn(async move { invoke(&inner, &fp, request_id, call).await });
+            .spawn(async move { invoke(&inner, &fp, request_id, alias, call).await });
         task.await.unwrap_or_else(|e| {
             Err(InvokeError::Internal {
                 name: name.into(),
@@ -125,6 +141,7 @@ async fn invoke(
     pool: &Arc<PoolInner>,
     fp: &Arc<FunctionPool>,
     request_id: String,
+    alias: Option<String>,
     call: Call,
 ) -> Result<Invocation, InvokeError> {
     let revision = fp.revision();
@@ -169,7 +186,7 @@ async fn invoke(
         Err(NoSlot::Gone(e)) => return Err(e),
     };
     let mut sent = None;
-    let result = serve(&instance, &request_id, call, &mut sent).await;
+    let result = serve(&instance, &request_id, alias.as_deref(), call, &mut sent).await;
     // Before the release: a failed instance is stopped after it, and its memory peak with it.
     finish(
         &instance.revision,
@@ -426,6 +443,7 @@ fn check_http_call(revision: &Revision, call: &HttpCall) -> Result<(), InvokeErr
 async fn serve(
     instance: &Arc<PoolInstance>,
     request_id: &str,
+    alias: Option<&str>,
     call: Call,
     sent: &mut Option<Instant>,
 ) -> Result<Invocation, InvokeError> {
@@ -446,7 +464,7 @@ async fn serve(
         }
         initialized?;
     }
-    let req = match call {
+    let mut req = match call {
         Call::Event(event) => revision.prepared.invoke.request(request_id, event),
         // Checked before the instance was taken, against the function's revision then; the
         // instance's may be older.
@@ -454,6 +472,12 @@ async fn serve(
             wharf_contract::pass_through(http_template(revision)?, request_id, http)
         }
     };
+    if let Some(alias) = alias
+        && let Some(header) = revision.contract.qualifier_header()
+        && let Ok(value) = http::HeaderValue::from_str(alias)
+    {
+        req.headers_mut().insert(header, value);
+    }
     log.system(
         instance.id(),
         &report::start_line(request_id, &revision.context.version),

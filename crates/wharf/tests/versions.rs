@@ -249,10 +249,17 @@ async fn aliases_split_traffic_by_weight_and_hold_their_versions() {
             .api("GET", "/v1/functions/web:prod/http/hi", None)
             .await;
         assert_eq!(r.status, 200, "{}", r.text());
-        assert_eq!(r.json()["path"], "/hi");
-        *served
-            .entry(r.header("x-wharf-version").unwrap())
-            .or_default() += 1;
+        let seen = r.json();
+        assert_eq!(seen["path"], "/hi");
+        let version = r.header("x-wharf-version").unwrap();
+        // FC's function is told the alias it was called by, and the version that serves it.
+        assert_eq!(seen["headers"]["x-fc-qualifier"], "prod", "{seen}");
+        assert_eq!(
+            seen["headers"]["x-fc-version-id"],
+            version.as_str(),
+            "{seen}"
+        );
+        *served.entry(version).or_default() += 1;
     }
     let twos = served.get("2").copied().unwrap_or(0) as f64 / 300.0;
     println!("alias prod served {served:?}");
