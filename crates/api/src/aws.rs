@@ -197,10 +197,7 @@ pub fn failure_of(e: InvokeError, request_id: &str) -> Failure {
         _ => {}
     }
     if let InvokeError::FunctionNotFound { name } = &e {
-        return Failure::Service(not_found(
-            name,
-            &format!("deploy it with PUT /v1/functions/{name}"),
-        ));
+        return Failure::Service(function_not_found(name));
     }
     // The status is error.rs's; the name follows it (502: the image cannot be had now →
     // ResourceNotReadyException; 429 → TooManyRequestsException; 5xx → ServiceException).
@@ -548,7 +545,11 @@ async fn require_function(
         move || store.get_function(&name)
     })
     .await?;
-    record.ok_or_else(|| not_found(name, &format!("deploy it with PUT /v1/functions/{name}")))
+    record.ok_or_else(|| function_not_found(name))
+}
+
+fn function_not_found(name: &str) -> AwsError {
+    not_found(name, &format!("deploy it with PUT /v1/functions/{name}"))
 }
 
 /// Lambda's words for a function, version or alias that is not there, and Wharf's hint.

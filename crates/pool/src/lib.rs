@@ -197,17 +197,15 @@ impl Pool {
     }
 
     /// Removes published version `version` of function `name`, as [`remove`](Self::remove)
-    /// does a function. `false` if the pool did not have it.
-    pub async fn remove_version(&self, name: &str, version: u64) -> bool {
+    /// does a function.
+    pub async fn remove_version(&self, name: &str, version: u64) {
         let fp = self
             .inner
             .functions
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&version_key(name, version));
-        let known = fp.is_some();
         self.retire(fp.into_iter().collect()).await;
-        known
     }
 
     async fn retire(&self, removed: Vec<Arc<FunctionPool>>) {

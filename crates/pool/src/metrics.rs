@@ -61,27 +61,23 @@ const STATES: [(InstanceState, &str); 4] = [
 impl Pool {
     /// Every function's counters and instances, in Prometheus' text format (0.0.4).
     pub fn metrics_text(&self) -> String {
-        let mut functions: Vec<_> = self
+        // Each function's labels: `function`, and `version` for a published version's pool.
+        let mut functions: Vec<(String, _)> = self
             .inner
             .functions
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(key, fp)| (key.clone(), fp.clone()))
-            .collect();
-        functions.sort_by(|a, b| a.0.cmp(&b.0));
-        // Each function's labels: `function`, and `version` for a published version's pool.
-        let functions: Vec<(String, _)> = functions
-            .into_iter()
-            .map(|(_, fp)| {
+            .values()
+            .map(|fp| {
                 let spec = &fp.revision().spec;
                 let labels = match spec.version {
                     Some(v) => format!("function=\"{}\",version=\"{v}\"", spec.name),
                     None => format!("function=\"{}\"", spec.name),
                 };
-                (labels, fp)
+                (labels, fp.clone())
             })
             .collect();
+        functions.sort_by(|a, b| a.0.cmp(&b.0));
         let mut out = String::with_capacity(512 + functions.len() * 1024);
         let mut section =
             |name: &str, kind: &str, help: &str, body: &mut dyn FnMut(&mut String)| {
